@@ -1,0 +1,146 @@
+"""``mbq train``: one command for every method."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._common import ConfigOpt, DeviceOpt, JsonOpt, QuietOpt, SeedOpt, explicit_params, read_config_file
+
+# CLI parameter -> dotted path in TrainConfig.
+_MAP = {
+    "method": "method", "bits": "bits", "act_bits": "act_bits", "epochs": "epochs", "out": "out",
+    "seed": "seed", "device": "device", "amp": "amp", "resume": "resume",
+    "arch": "model.arch", "width": "model.kwargs.width", "init": "model.init",
+    "dataset": "data.name", "data_dir": "data.data_dir", "download": "data.download",
+    "train_subset": "data.train_subset", "val_size": "data.val_size", "image_size": "data.image_size",
+    "batch_size": "data.batch_size", "augment": "data.augment",
+    "optimizer": "optim.optimizer", "lr": "optim.lr", "weight_decay": "optim.weight_decay",
+    "momentum": "optim.momentum", "schedule": "optim.schedule", "warmup": "optim.warmup_epochs",
+    "grad_clip": "optim.grad_clip",
+    "quantizer": "quant.weight", "act_quantizer": "quant.act", "first_last_bits": "quant.first_last_bits",
+}
+# --quantizer presets: weight quantizer + matching activation quantizer.
+_PRESETS = {"dorefa": ("dorefa", "clamp"), "sat": ("dorefa", "pact"), "lsq": ("lsq", "lsq"),
+            "roundclamp": ("roundclamp", "clamp")}
+
+
+def _epilog() -> str:
+    from ._method_options import options_help
+    return options_help()
+
+
+def _set(d: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for p in parents:
+        d = d.setdefault(p, {})
+    d[last] = value
+
+
+def build_config(values: dict, explicit: set[str], file_values: dict, extra_args: list[str]):
+    """Merge config file < flags, validate, return a TrainConfig."""
+    from pydantic import ValidationError
+
+    from mbq.core.config import TrainConfig, format_validation_error, parse_bits
+    from mbq.core.errors import MbqError
+
+    from ._method_options import parse_method_args
+
+    merged = {k: v for k, v in values.items() if k in _MAP}
+    file_opts = dict(file_values.pop("options", {}) or {})
+    for k, v in file_values.items():
+        if k in _MAP and k not in explicit:
+            merged[k] = v
+        elif k not in _MAP:
+            file_opts[k] = v
+    doc: dict = {}
+    for k, v in merged.items():
+        if v is None:
+            continue
+        if k == "quantizer":
+            if v not in _PRESETS:
+                raise MbqError(f"--quantizer must be one of {', '.join(_PRESETS)} (got {v})")
+            w, a = _PRESETS[v]
+            _set(doc, "quant.weight", w)
+            if "act_quantizer" not in explicit and not file_values.get("act_quantizer"):
+                _set(doc, "quant.act", a)
+            continue
+        if k == "bits":
+            try:
+                v = parse_bits(str(v), allow_all=False)
+            except ValueError as e:
+                raise MbqError(str(e)) from None
+        if k == "width" and str(merged.get("arch", "")).startswith("preact"):
+            _set(doc, "model.kwargs.expand", int(v))
+            continue
+        if k == "width" and float(v).is_integer():
+            v = int(v)
+        _set(doc, _MAP[k], v)
+    method = doc.get("method", "qat")
+    from mbq.core.methods import options_class
+    options_class(method)  # unknown method -> MbqError
+    opts = {k.replace("-", "_"): v for k, v in file_opts.items()}
+    opts.update(parse_method_args(method, extra_args))
+    doc["options"] = opts
+    try:
+        return TrainConfig.model_validate(doc)
+    except ValidationError as e:
+        raise MbqError(format_validation_error(e)) from None
+
+
+def train(
+    ctx: typer.Context,
+    method: Annotated[str, typer.Option(help="fp, qat, emq, msq, mebqat, anyprec, bsq, ... (see below).")] = "qat",
+    bits: Annotated[str, typer.Option(help="Weight bit-width(s) to train, e.g. 4 or 2,4,8.")] = "4",
+    act_bits: Annotated[str, typer.Option(help="Activation bits: same (as weights), N, or fp.")] = "same",
+    arch: Annotated[str, typer.Option("--arch", "--model", help="Architecture (resnet20, cnn, resnet18, mobilenet_v2, vit_tiny, ...).")] = "resnet20",
+    width: Annotated[Optional[float], typer.Option(help="Width multiplier (resnet20) / expand (preact_resnet20).")] = None,
+    dataset: Annotated[str, typer.Option("--data", "--dataset", help="mnist, fashion-mnist, cifar10, cifar100, svhn, imagefolder, digits, fake.")] = "mnist",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder of the dataset files.")] = None,
+    download: Annotated[bool, typer.Option(help="Download the dataset into --data-dir (needs network).")] = False,
+    train_subset: Annotated[Optional[int], typer.Option(help="Train on N images only (quick runs).")] = None,
+    val_size: Annotated[int, typer.Option(help="Held-out validation images taken from train.")] = 5000,
+    image_size: Annotated[Optional[int], typer.Option(help="Resize (imagefolder/fake).")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 128,
+    augment: Annotated[bool, typer.Option(help="The dataset's default batch augmentation.")] = True,
+    optimizer: Annotated[str, typer.Option(help="sgd, adamw or adam.")] = "sgd",
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.1,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 5e-4,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = "cosine",
+    warmup: Annotated[float, typer.Option(help="Linear warm-up epochs.")] = 0.0,
+    grad_clip: Annotated[Optional[float], typer.Option(help="Clip the gradient norm.")] = None,
+    quantizer: Annotated[Optional[str], typer.Option(help="dorefa (default), sat (PACT acts), lsq, roundclamp.")] = None,
+    act_quantizer: Annotated[Optional[str], typer.Option(help="clamp, pact, lsq or none.")] = None,
+    first_last_bits: Annotated[Optional[int], typer.Option(help="Bits of the first conv and last linear (32 = float).")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="Start from an mbq checkpoint or a torchvision state_dict file.")] = None,
+    out: Annotated[Path, typer.Option(help="Checkpoint to write (.safetensors).")] = Path("runs/model.safetensors"),
+    resume: Annotated[bool, typer.Option(help="Continue the run saved at --out.")] = False,
+    amp: Annotated[bool, typer.Option(help="bfloat16 autocast on CUDA.")] = True,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+) -> None:
+    """Train a model with one of mbq's methods and write a checkpoint."""
+    explicit = explicit_params(ctx)
+    values = dict(ctx.params)
+    file_values = read_config_file(config)
+    cfg = build_config(values, explicit, file_values, list(ctx.args))
+    if cfg.out.suffix != ".safetensors":
+        from mbq.core.errors import MbqError
+        raise MbqError(f"--out must end in .safetensors (got {cfg.out})")
+
+    from ._train_run import run_training
+    run_training(cfg, json_out=json_out, quiet=quiet)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "train",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        epilog=_epilog(),
+    )(train)

@@ -1,0 +1,167 @@
+"""Validated configuration (pydantic v2). Torch-free: the CLI imports it for
+``--help`` and for validation before any heavy import.
+
+Shared sections live here; each method adds its own options class
+(a subclass of :class:`MethodOptions`) in ``mbq/core/methods/options/``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+VALID_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
+FP_BITS = 32
+
+
+def check_bits(b: int) -> int:
+    if int(b) not in VALID_BITS:
+        raise ValueError(f"bit-width {b} is not supported (use 1..8, 16 or 32 for FP)")
+    return int(b)
+
+
+def parse_bits(text: str | int | list, *, allow_all: bool = True, name: str = "--bits") -> list[int]:
+    """Parse ``"2,4,8"`` / ``"all"`` / ``"fp"`` into a list of bit-widths (order kept).
+
+    Raises ValueError with a one-line message for anything else, including
+    duplicates and empty lists.
+    """
+    if isinstance(text, int):
+        return [check_bits(text)]
+    if isinstance(text, list):
+        items = [str(t) for t in text]
+    else:
+        t = str(text).strip().lower()
+        if t == "all" and allow_all:
+            return [1, 2, 3, 4, 5, 6, 7, 8, 32]
+        items = [p.strip() for p in t.split(",")]
+    if not items or any(p == "" for p in items):
+        raise ValueError(f"{name} needs a comma-separated list of bit-widths such as 2,4,8")
+    out = []
+    for p in items:
+        if p in ("fp", "32", "float"):
+            out.append(32)
+            continue
+        try:
+            out.append(check_bits(int(p)))
+        except ValueError as e:
+            if p.lstrip("-").isdigit():
+                raise
+            raise ValueError(f"{name}: '{p}' is not a bit-width (use e.g. 2,4,8 or fp)") from e
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} lists a bit-width twice: {text}")
+    return out
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    name: str = "mnist"
+    data_dir: Path | None = None
+    download: bool = False
+    image_size: int | None = Field(None, ge=4, le=1024)
+    train_subset: int | None = Field(None, ge=1, description="use only N training images")
+    val_size: int = Field(5000, ge=0, description="held-out validation images taken from train")
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1000, ge=1)
+    augment: bool = True
+
+
+class ModelConfig(_Strict):
+    arch: str = "resnet20"
+    kwargs: dict = Field(default_factory=dict, description="extra architecture options")
+    num_classes: int | None = None  # filled from the dataset
+    in_channels: int | None = None
+    image_size: int | None = None
+    init: Path | None = None
+
+
+class QuantConfig(_Strict):
+    weight: Literal["dorefa", "roundclamp", "lsq"] = "dorefa"
+    act: Literal["clamp", "pact", "lsq", "none"] = "clamp"
+    w_bits: int = 32
+    a_bits: int = 32
+    first_last_bits: int = 32
+    fp_path: Literal["identity", "tanh"] = "identity"
+    wbc: bool = False
+    wbc_detach: bool = False
+    wbc_per_channel: bool = True
+    switchable_bn: list[int] | None = None
+
+    @field_validator("w_bits", "a_bits", "first_last_bits")
+    @classmethod
+    def _bits_ok(cls, v):
+        return check_bits(v)
+
+
+class OptimConfig(_Strict):
+    optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75],
+                                    description="step schedule: fractions of the run (or epochs if > 1)")
+    gamma: float = Field(0.1, gt=0, le=1)
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class MethodOptions(_Strict):
+    """Base class for a method's own options (``mbq train --method X --opt ...``)."""
+
+
+class TrainConfig(_Strict):
+    method: str = "qat"
+    out: Path = Path("runs/model.safetensors")
+    epochs: int = Field(10, ge=1)
+    bits: list[int] = Field(default_factory=lambda: [4])
+    act_bits: str = "same"
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    resume: bool = False
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    quant: QuantConfig = Field(default_factory=QuantConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    options: dict = Field(default_factory=dict, description="method-specific, validated by the method")
+
+    @field_validator("bits", mode="before")
+    @classmethod
+    def _bits_ok(cls, v):
+        return parse_bits(v)
+
+    @field_validator("act_bits")
+    @classmethod
+    def _act_bits_ok(cls, v):
+        v = str(v).strip().lower()
+        if v != "same":
+            check_bits(int(v) if v.isdigit() else 32 if v == "fp" else -1)
+        return v
+
+    @model_validator(mode="after")
+    def _device_ok(self):
+        d = self.device
+        if not (d in ("auto", "cpu", "cuda") or d.startswith("cuda:")):
+            raise ValueError(f"--device must be auto, cpu, cuda or cuda:N (got {d})")
+        return self
+
+    def act_bits_for(self, w_bits: int) -> int:
+        """Activation width that goes with weight width ``w_bits``."""
+        if self.act_bits == "same":
+            return w_bits
+        return FP_BITS if self.act_bits == "fp" else int(self.act_bits)
+
+
+def format_validation_error(err) -> str:
+    """One line from a pydantic ValidationError."""
+    parts = []
+    for e in err.errors()[:3]:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "__root__")
+        msg = e.get("msg", "").removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "invalid configuration: " + "; ".join(parts)

@@ -1,0 +1,63 @@
+"""Accuracy of a model at any precision, and BN re-estimation."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, max_batches: int | None = None) -> dict[str, float]:
+    """Top-1 (percent), mean loss and sample count over ``loader`` (Batch items)."""
+    was_training = model.training
+    model.eval()
+    correct, loss, n = 0, 0.0, 0
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        logits = model(batch.x).float()
+        loss += F.cross_entropy(logits, batch.y, reduction="sum").item()
+        correct += (logits.argmax(1) == batch.y).sum().item()
+        n += len(batch.y)
+    model.train(was_training)
+    return {"top1": 100.0 * correct / max(n, 1), "loss": loss / max(n, 1), "n": n}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Iterable) -> torch.Tensor:
+    """Arg-max class of every sample, in loader order (CPU int64)."""
+    model.eval()
+    return torch.cat([model(b.x).argmax(1).cpu() for b in loader])
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int) -> int:
+    """Re-estimate BatchNorm running statistics on ``num_batches`` batches.
+
+    Statistics are reset and averaged cumulatively (momentum=None) so the
+    result does not depend on the previous values. Returns batches used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+           and m.track_running_stats]
+    if not bns or num_batches <= 0:
+        return 0
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    used = 0
+    try:
+        for i, batch in enumerate(loader):
+            if i >= num_batches:
+                break
+            model(batch.x)
+            used += 1
+    finally:
+        for m, mom in saved:
+            m.momentum = mom
+        model.train(was_training)
+    return used

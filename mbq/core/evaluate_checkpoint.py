@@ -1,0 +1,83 @@
+"""Evaluate a saved checkpoint at requested precisions (what ``mbq eval`` runs)."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from .errors import MbqError
+
+
+def _bits_list(ws) -> str:
+    return ", ".join("fp" if w >= 32 else str(w) for w in ws)
+
+
+def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]] | None = None,
+                        dataset: str | None = None, data_dir: str | None = None,
+                        batch_size: int = 1000, limit: int | None = None, recalibrate_bn: int = 0,
+                        device: str = "auto", seed: int = 0, all_requested: bool = False) -> dict:
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .config import TrainConfig
+    from .data import BatchLoader, create_dataset
+    from .engine import resolve_device, seed_everything
+    from .evaluate import evaluate, recalibrate_bn as recal
+    from .methods import create_method
+    from .methods.base import Setting
+    from .quant import compression_ratio
+
+    dev = resolve_device(device)
+    seed_everything(seed)
+    model, meta = load_checkpoint(path, dev)
+    cfg = TrainConfig.model_validate(meta["mbq.config"])
+    method = create_method(cfg)
+    name = dataset or cfg.data.name
+    ddir = data_dir or (str(cfg.data.data_dir) if cfg.data.data_dir else None)
+    train, test = create_dataset(name, data_dir=ddir, image_size=cfg.data.image_size)
+    shape = (test.in_channels, test.image_size, test.num_classes)
+    want = (meta["mbq.in_channels"], meta["mbq.image_size"], meta["mbq.num_classes"])
+    if shape != want:
+        raise MbqError(f"dataset {name} has (channels, size, classes) {shape} but the model expects {want}")
+    notes: list[str] = []
+    if pairs is None:
+        settings = method.eval_settings()
+    else:
+        settings = []
+        for w, a in pairs:
+            if not method.supports_bits(w):
+                if all_requested:
+                    continue
+                sup = [b for b in (1, 2, 3, 4, 5, 6, 7, 8, 16, 32) if method.supports_bits(b)]
+                raise MbqError(f"--bit {w} is not available for this {cfg.method} checkpoint "
+                               f"(it supports {_bits_list(sup)})")
+            settings.append(Setting(w, a if a is not None else cfg.act_bits_for(w)))
+        trained = set(method.trained_bits())
+        untrained = [s.w for s in settings if s.w not in trained]
+        if untrained and cfg.method in ("qat", "fp"):
+            notes.append(f"{cfg.method} model trained at {_bits_list(sorted(trained))}; "
+                         f"{_bits_list(untrained)} were never trained")
+    test = test.to(dev)
+    if limit is not None:
+        test = test.subset(torch.arange(min(limit, len(test))))
+    loader = BatchLoader(test, batch_size, shuffle=False, augment=False, device=dev)
+    calib = BatchLoader(train.to(dev), min(batch_size, 256), shuffle=True, augment=False, device=dev,
+                        seed=seed)
+    base_state = copy.deepcopy(model.state_dict()) if recalibrate_bn else None
+    rows = []
+    for s in settings:
+        if base_state is not None:
+            model.load_state_dict(base_state)
+        method.apply_setting(model, s)
+        if recalibrate_bn:
+            recal(model, calib, recalibrate_bn)
+        note = method.prepare_eval(model, s, calib)
+        if note:
+            notes.append(note)
+        r = evaluate(model, loader)
+        w, a = (s.w, s.a) if s.w is not None else ("mixed", "mixed")
+        bits_value = s.w if s.w is not None and s.w == s.a else s.label
+        rows.append({"label": s.label, "bits": bits_value, "w": w, "a": a, "top1": r["top1"],
+                     "loss": r["loss"], "n": r["n"], "compression": compression_ratio(model),
+                     "recalibrated_bn": recalibrate_bn or None})
+    return {"checkpoint": str(path), "method": cfg.method, "arch": cfg.model.arch, "dataset": name,
+            "results": rows, "notes": notes}

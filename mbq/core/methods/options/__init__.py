@@ -1,0 +1,1 @@
+"""Per-method option classes (torch-free pydantic models)."""

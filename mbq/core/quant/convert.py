@@ -1,0 +1,126 @@
+"""Turn a float model into a fake-quantized one and switch its precision.
+
+``quantize_model`` swaps every nn.Conv2d / nn.Linear for QConv2d / QLinear
+(same weights); the first conv and the last linear are *pinned* at
+``first_last_bits`` and ignored by ``set_bits``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import functional as F
+from .modules import QUANT_LAYERS, QConv2d, QLinear, SwitchableBatchNorm2d
+
+
+def _set_child(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, new)
+
+
+def _first_last(model: nn.Module) -> tuple[str | None, str | None]:
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return (convs[0] if convs else None), (linears[-1] if linears else None)
+
+
+def _qlayer_from(m: nn.Module, qkwargs: dict) -> nn.Module:
+    if isinstance(m, nn.Conv2d):
+        q = QConv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+                    m.groups, m.bias is not None, m.padding_mode, qkwargs=qkwargs,
+                    device=m.weight.device, dtype=m.weight.dtype)
+    else:
+        q = QLinear(m.in_features, m.out_features, m.bias is not None, qkwargs=qkwargs,
+                    device=m.weight.device, dtype=m.weight.dtype)
+    with torch.no_grad():
+        q.weight.copy_(m.weight)
+        if m.bias is not None:
+            q.bias.copy_(m.bias)
+    return q
+
+
+def quantize_model(model: nn.Module, qconfig) -> nn.Module:
+    """Swap conv/linear layers for fake-quantized ones, in place; returns ``model``.
+
+    ``qconfig`` is a :class:`mbq.core.config.QuantConfig` (or anything with
+    the same attributes).
+    """
+    first, last = _first_last(model)
+    base = dict(weight_quant=qconfig.weight, act_quant=qconfig.act, fp_path=qconfig.fp_path,
+                wbc=qconfig.wbc, wbc_detach=qconfig.wbc_detach,
+                wbc_per_channel=qconfig.wbc_per_channel)
+    targets = [(n, m) for n, m in model.named_modules()
+               if type(m) in (nn.Conv2d, nn.Linear)]
+    for name, m in targets:
+        pinned = name in (first, last)
+        if pinned and F.is_fp(qconfig.first_last_bits):
+            continue  # stays a plain float layer
+        bits = qconfig.first_last_bits if pinned else qconfig.w_bits
+        abits = qconfig.first_last_bits if pinned else qconfig.a_bits
+        kw = dict(base, w_bits=bits, a_bits=abits, pinned=pinned)
+        if pinned:
+            kw["wbc"] = False  # fixed width: nothing to align across widths
+        _set_child(model, name, _qlayer_from(m, kw))
+    if qconfig.switchable_bn:
+        for name, m in [(n, m) for n, m in model.named_modules() if type(m) is nn.BatchNorm2d]:
+            sbn = SwitchableBatchNorm2d(m.num_features, list(qconfig.switchable_bn), eps=m.eps,
+                                        momentum=m.momentum, affine=m.affine,
+                                        track_running_stats=m.track_running_stats)
+            for bn in sbn.bns.values():
+                bn.load_state_dict(m.state_dict())
+            _set_child(model, name, sbn.to(next(m.parameters(), torch.empty(0)).device))
+    return model
+
+
+def quantized_layers(model: nn.Module, include_pinned: bool = True) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, QUANT_LAYERS) and (include_pinned or not m.pinned)]
+
+
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every conv/linear layer, quantized or float (for compression ratios)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def set_bits(model: nn.Module, w: int, a: int | None = None) -> nn.Module:
+    """Set every non-pinned quantized layer to ``w``-bit weights, ``a``-bit inputs.
+
+    ``a=None`` keeps each layer's activation width. Switchable BNs follow ``w``.
+    """
+    for _, m in quantized_layers(model, include_pinned=False):
+        m.set_precision(w, a)
+    for m in model.modules():
+        if isinstance(m, SwitchableBatchNorm2d):
+            m.set_active(w)
+    return model
+
+
+def get_bit_scheme(model: nn.Module) -> dict[str, dict[str, int]]:
+    return {n: {"w": m.bits[0], "a": m.bits[1]} for n, m in quantized_layers(model)}
+
+
+def set_bit_scheme(model: nn.Module, scheme: dict[str, dict[str, int]]) -> nn.Module:
+    layers = dict(quantized_layers(model))
+    unknown = sorted(set(scheme) - set(layers))
+    if unknown:
+        raise KeyError(f"bit scheme names layers the model does not have: {unknown[:3]}")
+    for name, wa in scheme.items():
+        layers[name].set_precision(wa.get("w"), wa.get("a"))
+    return model
+
+
+def compression_ratio(model: nn.Module, scheme: dict[str, dict[str, int]] | None = None) -> float:
+    """C = 32·ΣN_l / Σ n_l·N_l over every conv/linear weight (float layers count 32)."""
+    scheme = scheme if scheme is not None else get_bit_scheme(model)
+    total = bits = 0
+    for name, m in weight_layers(model):
+        n = m.weight.numel()
+        b = scheme[name]["w"] if name in scheme else F.FP_BITS
+        total += n
+        bits += n * min(b, F.FP_BITS)
+    return F.FP_BITS * total / bits if bits else 1.0
+
+
+def average_bits(model: nn.Module, scheme=None) -> float:
+    return F.FP_BITS / compression_ratio(model, scheme)

@@ -1,0 +1,220 @@
+"""Pure quantization math: tensors in, tensors out, no modules and no state.
+
+Bit-width conventions used everywhere in mbq: 1..8 and 16 are quantized
+widths, 32 (``FP_BITS``) is the full-precision path.
+"""
+from __future__ import annotations
+
+import torch
+
+FP_BITS = 32
+VALID_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
+
+
+def is_fp(bits: int) -> bool:
+    return bits >= FP_BITS
+
+
+# --- straight-through helpers -------------------------------------------------
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round() in the forward pass, identity gradient."""
+    return x + (torch.round(x) - x).detach()
+
+
+def sign_ste(x: torch.Tensor) -> torch.Tensor:
+    """sign() with sign(0) = +1 in the forward pass, identity gradient."""
+    s = torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    return x + (s - x).detach()
+
+
+def _levels(bits: int) -> int:
+    return (1 << bits) - 1
+
+
+# --- DoReFa / Any-Precision ----------------------------------------------------
+
+def dorefa_weight(w: torch.Tensor, bits: int, fp_path: str = "tanh") -> torch.Tensor:
+    """Any-Precision DNN weights at ``bits``.
+
+    E = mean|w| (detached) scales every width so all children share a range.
+    32 bits is the FP path: E*tanh(w)/max|tanh(w)| (``fp_path="tanh"``) or
+    the raw weight (``fp_path="identity"``).
+    """
+    if is_fp(bits):
+        if fp_path == "identity":
+            return w
+        e = w.abs().mean().detach()
+        t = torch.tanh(w)
+        return e * t / t.abs().max()
+    e = w.abs().mean().detach()
+    if bits == 1:
+        return e * sign_ste(w)
+    t = torch.tanh(w)
+    u = t / (2 * t.abs().max()) + 0.5
+    n = _levels(bits)
+    q = round_ste(u * n) / n
+    return e * (2 * q - 1)
+
+
+def clamp_act(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """q_b(clamp(x, 0, 1)) with a straight-through gradient inside the range.
+
+    Uses PyTorch's fused fake-quant kernel (one pass forward, one mask
+    backward): the gradient passes where the rounded code lies in range.
+    """
+    if is_fp(bits):
+        return x
+    n = _levels(bits)
+    return torch.fake_quantize_per_tensor_affine(x, 1.0 / n, 0, 0, n)
+
+
+def pact_act(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
+    """PACT/SAT: clip to [0, alpha] with a learned alpha, then quantize.
+
+    d/d(alpha) is 1 above the clip plus the rounding residual (as in SAT/LSQ).
+    """
+    if is_fp(bits):
+        return x
+    y = torch.minimum(torch.relu(x), alpha)
+    n = _levels(bits)
+    return alpha * round_ste(y / alpha * n) / n
+
+
+# --- LSQ ---------------------------------------------------------------------
+
+def _grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
+    return (x - x * scale).detach() + x * scale
+
+
+def lsq_quantize(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int,
+                 grad_scale: float = 1.0) -> torch.Tensor:
+    """LSQ (Esser et al.): x_q = round(clamp(x/s, qmin, qmax)) * s, learned s."""
+    s = _grad_scale(step, grad_scale)
+    return round_ste(torch.clamp(x / s, qmin, qmax)) * s
+
+
+def lsq_range(bits: int, signed: bool) -> tuple[int, int]:
+    if signed:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, _levels(bits)
+
+
+def lsq_init_step(x: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
+    _, qmax = lsq_range(bits, signed)
+    return 2 * x.detach().abs().mean() / max(qmax, 1) ** 0.5
+
+
+# --- RoundClamp (MSQ) ----------------------------------------------------------
+
+def roundclamp_step(scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """Step of the n-bit two's-complement grid: s / 2^(n-1)."""
+    return scale / (1 << (bits - 1))
+
+
+def roundclamp_codes(w: torch.Tensor, bits: int, scale: torch.Tensor) -> torch.Tensor:
+    """Integer codes z_n in [-2^(n-1), 2^(n-1)-1] (float dtype, no gradient)."""
+    step = roundclamp_step(scale, bits)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return torch.clamp(torch.round(w.detach() / step), lo, hi)
+
+
+def roundclamp_weight(w: torch.Tensor, bits: int, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """w_n = Δ_n · clamp(round(w/Δ_n)) with STE; 32 bits returns w."""
+    if is_fp(bits):
+        return w
+    if scale is None:
+        scale = w.detach().abs().max()
+    step = roundclamp_step(scale, bits)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return torch.clamp(round_ste(w / step), lo, hi) * step
+
+
+def lsb_residual(w: torch.Tensor, bits: int, k: int, scale: torch.Tensor) -> torch.Tensor:
+    """L_k = z_n - 2^k z_(n-k): zero exactly where the n-bit code is an (n-k)-bit code."""
+    if not 0 < k < bits:
+        raise ValueError(f"k must be in 1..{bits - 1}, got {k}")
+    return roundclamp_codes(w, bits, scale) - (1 << k) * roundclamp_codes(w, bits - k, scale)
+
+
+class _LSBAbsSum(torch.autograd.Function):
+    """Σ|L_k| with gradient sign(L_k) (the coarse term carries none)."""
+
+    @staticmethod
+    def forward(ctx, w, bits, k, scale):
+        res = lsb_residual(w, bits, k, scale)
+        ctx.save_for_backward(torch.sign(res))
+        return res.abs().sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (sign,) = ctx.saved_tensors
+        return grad * sign, None, None, None
+
+
+def lsb_penalty(w: torch.Tensor, bits: int, k: int, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_i |L_k,i| for one layer; divide the sum over layers by N_total for R."""
+    if scale is None:
+        scale = w.detach().abs().max()
+    return _LSBAbsSum.apply(w, bits, k, scale)
+
+
+# --- weight bias correction (EMQ) ---------------------------------------------
+
+def weight_bias_correction(w_q: torch.Tensor, w_ref: torch.Tensor, per_channel: bool = True,
+                           detach: bool = False, eps: float = 1e-8) -> torch.Tensor:
+    """Match the mean/std of ``w_q`` to those of ``w_ref`` (per output channel)."""
+    shape = w_q.shape
+    q = w_q.reshape(shape[0], -1) if per_channel else w_q.reshape(1, -1)
+    r = w_ref.reshape(shape[0], -1) if per_channel else w_ref.reshape(1, -1)
+    mu_q, sd_q = q.mean(1, keepdim=True), q.std(1, unbiased=False, keepdim=True)
+    mu_r, sd_r = r.mean(1, keepdim=True), r.std(1, unbiased=False, keepdim=True)
+    if detach:
+        mu_q, sd_q, mu_r, sd_r = (t.detach() for t in (mu_q, sd_q, mu_r, sd_r))
+    return ((sd_r / (sd_q + eps)) * (q - mu_q) + mu_r).reshape(shape)
+
+
+def wbc_affine(w_q: torch.Tensor, w_ref: torch.Tensor, per_channel: bool = True,
+               eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gain, offset) per output channel such that WBC(w_q) = gain * w_q + offset."""
+    shape = w_q.shape
+    q = w_q.reshape(shape[0], -1) if per_channel else w_q.reshape(1, -1)
+    r = w_ref.reshape(shape[0], -1) if per_channel else w_ref.reshape(1, -1)
+    gain = r.std(1, unbiased=False) / (q.std(1, unbiased=False) + eps)
+    offset = r.mean(1) - gain * q.mean(1)
+    if not per_channel:
+        gain, offset = gain.expand(shape[0]), offset.expand(shape[0])
+    return gain, offset
+
+
+# --- bit packing ------------------------------------------------------------------
+
+def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack integer codes (two's complement if negative) into a flat uint8 tensor.
+
+    Codes are stored LSB-first as one continuous bit stream; the logical
+    shape must be recorded by the caller.
+    """
+    if not 1 <= bits <= 8:
+        raise ValueError(f"pack_bits supports 1..8 bits, got {bits}")
+    flat = codes.reshape(-1).to(torch.int64) & _levels(bits)
+    shifts = torch.arange(bits, dtype=torch.int64, device=flat.device)
+    stream = ((flat[:, None] >> shifts) & 1).reshape(-1)
+    pad = (-stream.numel()) % 8
+    if pad:
+        stream = torch.cat([stream, stream.new_zeros(pad)])
+    weights = 1 << torch.arange(8, dtype=torch.int64, device=flat.device)
+    return (stream.reshape(-1, 8) * weights).sum(1).to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, numel: int, signed: bool = False) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`; returns int64 codes (sign-extended if ``signed``)."""
+    if not 1 <= bits <= 8:
+        raise ValueError(f"unpack_bits supports 1..8 bits, got {bits}")
+    shifts = torch.arange(8, dtype=torch.int64, device=packed.device)
+    stream = ((packed.to(torch.int64)[:, None] >> shifts) & 1).reshape(-1)[: numel * bits]
+    weights = 1 << torch.arange(bits, dtype=torch.int64, device=packed.device)
+    codes = (stream.reshape(numel, bits) * weights).sum(1)
+    if signed:
+        codes = torch.where(codes >= (1 << (bits - 1)), codes - (1 << bits), codes)
+    return codes

@@ -1,0 +1,112 @@
+"""Quantizer building blocks: small modules holding a quantizer's state
+(learned clip, LSQ steps) around the pure math in :mod:`functional`.
+
+Every quantizer is called as ``q(x, bits)``; the bit-width is owned by the
+layer, so one quantizer object serves every width of a multi-bit model.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import functional as F
+
+_MAX_BITS = 16  # LSQ keeps one step per width 1..16
+
+
+class DoReFaWeight(nn.Module):
+    """Any-Precision / DoReFa weights (1-bit capable)."""
+
+    supports_1bit = True
+
+    def __init__(self, fp_path: str = "identity"):
+        super().__init__()
+        self.fp_path = fp_path
+
+    def forward(self, w: torch.Tensor, bits: int) -> torch.Tensor:
+        return F.dorefa_weight(w, bits, self.fp_path)
+
+    def extra_repr(self) -> str:
+        return f"fp_path={self.fp_path}"
+
+
+class RoundClampWeight(nn.Module):
+    """MSQ RoundClamp: two's-complement grid with step max|w| / 2^(n-1)."""
+
+    supports_1bit = False
+
+    def forward(self, w: torch.Tensor, bits: int) -> torch.Tensor:
+        return F.roundclamp_weight(w, bits)
+
+
+class _LSQBase(nn.Module):
+    """One learned step per bit-width, initialised on the first use of that width."""
+
+    signed = True
+
+    def __init__(self):
+        super().__init__()
+        self.step = nn.Parameter(torch.ones(_MAX_BITS + 1))
+        self.register_buffer("initialized", torch.zeros(_MAX_BITS + 1, dtype=torch.bool))
+
+    def _quant(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        if F.is_fp(bits):
+            return x
+        if not bool(self.initialized[bits]):
+            with torch.no_grad():
+                self.step[bits] = F.lsq_init_step(x, bits, self.signed).clamp_min(1e-8)
+                self.initialized[bits] = True
+        qmin, qmax = F.lsq_range(bits, self.signed)
+        gscale = 1.0 / (x.numel() * max(qmax, 1)) ** 0.5
+        return F.lsq_quantize(x, self.step[bits], qmin, qmax, gscale)
+
+
+class LSQWeight(_LSQBase):
+    supports_1bit = False
+    signed = True
+
+    def forward(self, w: torch.Tensor, bits: int) -> torch.Tensor:
+        return self._quant(w, bits)
+
+
+class ClampAct(nn.Module):
+    """q_b(clamp(x, 0, 1)) — the Any-Precision / DoReFa activation."""
+
+    supports_1bit = True
+
+    def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        return F.clamp_act(x, bits)
+
+
+class PACTAct(nn.Module):
+    """PACT/SAT activation with a learned clip alpha shared by all widths."""
+
+    supports_1bit = True
+
+    def __init__(self, init_alpha: float = 6.0):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(float(init_alpha)))
+
+    def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        return F.pact_act(x, self.alpha, bits)
+
+
+class LSQAct(_LSQBase):
+    supports_1bit = True
+    signed = False
+
+    def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        return self._quant(x, bits)
+
+
+class NoAct(nn.Module):
+    """Activations stay float at every width."""
+
+    supports_1bit = True
+
+    def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        return x
+
+
+WEIGHT_QUANTIZERS = {"dorefa": DoReFaWeight, "roundclamp": RoundClampWeight, "lsq": LSQWeight}
+ACT_QUANTIZERS = {"clamp": ClampAct, "pact": PACTAct, "lsq": LSQAct, "none": NoAct}
