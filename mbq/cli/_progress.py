@@ -53,10 +53,10 @@ class TrainReporter:
         line = (f"epoch {m['epoch']}/{self.epochs}  loss {m['train_loss']:.4f}  acc {m['train_acc']:.2f}%  "
                 f"val top-1 [{vs}]  {m['images_per_s']:,.0f} img/s  {m['wall_s']:.1f}s {ex}")
         if self.progress is not None:
-            self.progress.console.print(line, highlight=False)
+            self.progress.console.print(line, highlight=False, markup=False)
             self.progress.reset(self.task)
         else:
-            self.console.print(line, highlight=False)
+            self.console.print(line, highlight=False, markup=False)
 
     def _on_done(self, test, out) -> None:
         self.close()

@@ -7,7 +7,11 @@ import sys
 import typer
 
 from . import eval as _eval
+from . import export as _export
 from . import info as _info
+from . import prune as _prune
+from . import select_coreset as _select_coreset
+from . import sensitivity as _sensitivity
 from . import train as _train
 
 app = typer.Typer(
@@ -22,6 +26,10 @@ app = typer.Typer(
 _train.register(app)
 _eval.register(app)
 _info.register(app)
+_export.register(app)
+_sensitivity.register(app)
+_prune.register(app)
+_select_coreset.register(app)
 
 
 def _fail(message: str, code: int) -> None:

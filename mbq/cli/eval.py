@@ -15,6 +15,11 @@ def eval_cmd(
     bits: Annotated[Optional[str], typer.Option("--bits", help="Several widths (2,4,8) or 'all' (1..8 and FP).")] = None,
     wbits: Annotated[Optional[int], typer.Option("--wbits", help="Weight bits (with --abits).")] = None,
     abits: Annotated[Optional[int], typer.Option("--abits", help="Activation bits (with --wbits).")] = None,
+    pairs_opt: Annotated[Optional[str], typer.Option("--pairs", help="'all': every valid (w, a) pair the checkpoint answers at (mebqat: 73/75).")] = None,
+    episodes: Annotated[Optional[int], typer.Option(help="Few-shot checkpoints: test episodes per pair (default: its --test-episodes).")] = None,
+    ways: Annotated[Optional[int], typer.Option(help="Few-shot: classes per episode (default: as trained).")] = None,
+    shots: Annotated[Optional[int], typer.Option(help="Few-shot: support images per class (default: as trained).")] = None,
+    queries: Annotated[Optional[int], typer.Option(help="Few-shot: query images per class (default: as trained).")] = None,
     dataset: Annotated[Optional[str], typer.Option("--data", "--dataset", help="Evaluate on another dataset than the checkpoint's.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset folder (default: the one used in training).")] = None,
     batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 1000,
@@ -30,7 +35,8 @@ def eval_cmd(
     from mbq.core.config import check_bits, parse_bits
     from mbq.core.errors import MbqError
 
-    chosen = [n for n, v in (("--bit", bit), ("--bits", bits), ("--wbits/--abits", wbits or abits)) if v]
+    chosen = [n for n, v in (("--bit", bit), ("--bits", bits), ("--wbits/--abits", wbits or abits),
+                             ("--pairs", pairs_opt)) if v]
     if len(chosen) > 1:
         raise MbqError(f"use one of {' / '.join(chosen)}, not several")
     if (wbits is None) != (abits is None):
@@ -47,15 +53,30 @@ def eval_cmd(
             pairs = [(check_bits(wbits), check_bits(abits))]
     except ValueError as e:
         raise MbqError(str(e)) from None
+    if pairs_opt is not None:
+        if pairs_opt.strip().lower() != "all":
+            raise MbqError(f"--pairs takes 'all' (got {pairs_opt}); use --wbits/--abits for one pair")
+        pairs = "all"
+    for flag, v, lo in (("--episodes", episodes, 1), ("--ways", ways, 2), ("--shots", shots, 1),
+                        ("--queries", queries, 1)):
+        if v is not None and v < lo:
+            raise MbqError(f"{flag} must be at least {lo} (got {v})")
     if plot is not None and plot.parent and not plot.parent.exists():
         raise MbqError(f"--plot: folder {plot.parent} does not exist")
 
+    from mbq.core.export.evaluate import evaluate_if_exported  # packed / ONNX: own runtime
+
+    exported = evaluate_if_exported(
+        checkpoint, fixed_flags=chosen + (["--recalibrate-bn"] if recalibrate_bn else []),
+        dataset=dataset, data_dir=str(data_dir) if data_dir else None, batch_size=batch_size,
+        limit=limit, device=device, seed=seed)
     from mbq.core.evaluate_checkpoint import evaluate_checkpoint
 
-    result = evaluate_checkpoint(checkpoint, pairs=pairs, dataset=dataset,
+    result = exported or evaluate_checkpoint(checkpoint, pairs=pairs, dataset=dataset,
                                  data_dir=str(data_dir) if data_dir else None, batch_size=batch_size,
                                  limit=limit, recalibrate_bn=recalibrate_bn, device=device, seed=seed,
-                                 all_requested=(bits or "").strip().lower() == "all")
+                                 all_requested=(bits or "").strip().lower() == "all",
+                                 episodes=episodes, ways=ways, shots=shots, queries=queries)
     for note in result["notes"]:
         if not quiet:
             from ._common import log
@@ -73,12 +94,19 @@ def eval_cmd(
     from rich.table import Table
 
     from ._common import stdout_console
+    if rows and "ci95" in rows[0]:
+        from ._fewshot_table import fewshot_table
+        stdout_console().print(fewshot_table(result))
+        return
     t = Table(title=f"{result['checkpoint']} — {result['method']} {result['arch']} on {result['dataset']}")
     for col in ("bits", "w", "a", "top-1 %", "loss", "images", "compression"):
         t.add_column(col, justify="right")
     for r in rows:
         t.add_row(r["label"], str(r["w"]), str(r["a"]), f"{r['top1']:.2f}", f"{r['loss']:.4f}",
                   str(r["n"]), f"{r['compression']:.2f}x")
+    mixed = next((r["layer_bits"] for r in rows if r.get("layer_bits")), None)
+    if mixed:
+        t.caption = "weight bits per layer: " + ", ".join(f"{n} {b}" for n, b in mixed.items())
     stdout_console().print(t)
 
 

@@ -28,6 +28,11 @@ def info(checkpoint: CkptArg, json_out: JsonOpt = False, quiet: QuietOpt = False
             con.print(f"[bold]{k:>13}[/]  {v}", highlight=False)
     if doc.get("metrics"):
         con.print(f"[bold]{'metrics':>13}[/]  {doc['metrics']}", highlight=False)
+    hist = (doc.get("extra") or {}).get("prune_history")
+    if isinstance(hist, list) and hist:
+        epochs = sorted({h["epoch"] for h in hist if "epoch" in h})
+        when = f" in epochs {epochs[0]}-{epochs[-1]}" if epochs else ""
+        con.print(f"[bold]{'pruning':>13}[/]  {len(hist)} steps{when} (--json for each)", highlight=False)
     t = Table(title="per-layer precision")
     for col in ("layer", "kind", "params", "w bits", "a bits"):
         t.add_column(col, justify="right" if col != "layer" else "left")

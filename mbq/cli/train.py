@@ -38,6 +38,15 @@ def _set(d: dict, dotted: str, value) -> None:
     d[last] = value
 
 
+def _apply_method_defaults(doc: dict, opts_cls, explicit: set[str], file_values: dict) -> None:
+    """A method's own defaults for shared flags (``train_defaults`` on its options class,
+    e.g. mebqat -> AdamW at 1e-3), used where neither a flag nor the config file set them."""
+    for dotted, value in getattr(opts_cls, "train_defaults", {}).items():
+        names = [k for k, v in _MAP.items() if v == dotted]
+        if not any(n in explicit or n in file_values for n in names):
+            _set(doc, dotted, value)
+
+
 def build_config(values: dict, explicit: set[str], file_values: dict, extra_args: list[str]):
     """Merge config file < flags, validate, return a TrainConfig."""
     from pydantic import ValidationError
@@ -79,7 +88,8 @@ def build_config(values: dict, explicit: set[str], file_values: dict, extra_args
         _set(doc, _MAP[k], v)
     method = doc.get("method", "qat")
     from mbq.core.methods import options_class
-    options_class(method)  # unknown method -> MbqError
+    opts_cls = options_class(method)  # unknown method -> MbqError
+    _apply_method_defaults(doc, opts_cls, explicit, file_values)
     opts = {k.replace("-", "_"): v for k, v in file_opts.items()}
     opts.update(parse_method_args(method, extra_args))
     doc["options"] = opts

@@ -18,7 +18,7 @@ def checkpoint_info(path: str | Path) -> dict:
         layers.append({"name": name, "kind": "conv" if isinstance(m, nn.Conv2d) else "linear",
                        "params": m.weight.numel(), "w": wa["w"], "a": wa["a"],
                        "quantized": name in scheme})
-    extra = {k.removeprefix("mbq."): v for k, v in meta.items()
+    extra = {k.removeprefix("mbq."): _decoded(v) for k, v in meta.items()
              if k.startswith("mbq.") and k not in _SHOWN}
     return {"checkpoint": str(path), "format": meta["mbq.format"], "method": meta["mbq.method"],
             "arch": meta["mbq.arch"], "dataset": (meta.get("mbq.dataset") or {}).get("name"),
@@ -26,6 +26,18 @@ def checkpoint_info(path: str | Path) -> dict:
             "compression": compression_ratio(model), "average_bits": average_bits(model),
             "created": meta.get("mbq.created"), "mbq_version": meta.get("mbq.version"),
             "metrics": meta.get("mbq.metrics"), "layers": layers, "extra": extra}
+
+
+def _decoded(v):
+    """Method metadata (e.g. mbq.prune_history) is JSON text in the header."""
+    import json
+
+    if isinstance(v, str) and v[:1] in "[{":
+        try:
+            return json.loads(v)
+        except ValueError:
+            pass
+    return v
 
 
 _SHOWN = {"mbq.format", "mbq.format_version", "mbq.method", "mbq.arch", "mbq.dataset", "mbq.bits",

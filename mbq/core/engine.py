@@ -26,7 +26,6 @@ from .checkpoint import read_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import BatchLoader, create_dataset, split_holdout, take_subset
 from .errors import MbqError, RunFailed
-from .evaluate import evaluate
 from .methods.base import Method
 
 Reporter = Callable[..., None]
@@ -249,14 +248,15 @@ def train(cfg: TrainConfig, method: Method, report: Reporter = _null_reporter) -
     """Run training; returns the final metrics. Raises MbqError / RunFailed."""
     device = resolve_device(cfg.device)
     rank, world = dist.init_from_env(device)
+    if rank != 0:
+        report = _null_reporter  # rank 0 alone prints
     if device.type == "cuda":
         torch.cuda.set_device(device)
     seed_everything(cfg.seed)
     out = Path(cfg.out)
-    if not out.parent.exists():
-        if rank == 0:
-            out.parent.mkdir(parents=True, exist_ok=True)
-        dist.barrier()
+    if rank == 0:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    dist.barrier()  # unconditional: every rank must reach the same collectives
 
     resume_state = None
     if cfg.resume:
@@ -297,6 +297,8 @@ def train(cfg: TrainConfig, method: Method, report: Reporter = _null_reporter) -
     if rank == 0:
         from ._atomic import atomic_write_text
         atomic_write_text(config_path(out), cfg.model_dump_json(indent=2))
+        if resume_state is None and metrics_path(out).exists():
+            metrics_path(out).unlink()  # a fresh run starts a fresh log
 
     report("start", epochs=cfg.epochs, start_epoch=start_epoch, steps=steps, method=cfg.method,
            train_size=len(train_set), device=str(device), world_size=world)
@@ -372,7 +374,7 @@ def _eval_settings(ctx: TrainContext, dataset) -> dict[str, float]:
     for s in ctx.method.eval_settings():
         ctx.method.apply_setting(ctx.model, s)
         ctx.method.prepare_eval(ctx.model, s, calib)
-        out[s.label] = evaluate(ctx.model, loader)["top1"]
+        out[s.label] = ctx.method.score(ctx, dataset, loader)
     ctx.model.train()
     return out
 

@@ -11,10 +11,26 @@ def _bits_list(ws) -> str:
     return ", ".join("fp" if w >= 32 else str(w) for w in ws)
 
 
-def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]] | None = None,
+def _pair_error(cfg, w: int, a: int) -> MbqError:
+    from .bitpairs import is_valid_pair
+
+    if not is_valid_pair(w, a):
+        why = "FP weights need FP activations; 1-bit activations need 1-bit weights"
+    else:
+        why = f"this {cfg.method} checkpoint was not trained for it"
+    return MbqError(f"(w={_bits_list([w])}, a={_bits_list([a])}) is not an evaluable pair ({why}); "
+                    "--pairs all evaluates every pair it answers at")
+
+
+def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]] | str | None = None,
                         dataset: str | None = None, data_dir: str | None = None,
                         batch_size: int = 1000, limit: int | None = None, recalibrate_bn: int = 0,
-                        device: str = "auto", seed: int = 0, all_requested: bool = False) -> dict:
+                        device: str = "auto", seed: int = 0, all_requested: bool = False,
+                        episodes: int | None = None, ways: int | None = None,
+                        shots: int | None = None, queries: int | None = None) -> dict:
+    """``pairs``: None (the method's own settings), ``"all"`` (every valid (w, a) pair
+    the checkpoint answers at) or a list; ``episodes``/``ways``/``shots``/``queries``
+    shape the episodes of a few-shot checkpoint."""
     import torch
 
     from .checkpoint import load_checkpoint
@@ -24,7 +40,7 @@ def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]]
     from .evaluate import evaluate, recalibrate_bn as recal
     from .methods import create_method
     from .methods.base import Setting
-    from .quant import compression_ratio
+    from .quant import compression_ratio, get_bit_scheme
 
     dev = resolve_device(device)
     seed_everything(seed)
@@ -39,8 +55,15 @@ def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]]
     if shape != want:
         raise MbqError(f"dataset {name} has (channels, size, classes) {shape} but the model expects {want}")
     notes: list[str] = []
+    episodic = getattr(method, "episodic", False)
+    if not episodic and any(v is not None for v in (episodes, ways, shots, queries)):
+        raise MbqError(f"--episodes/--ways/--shots/--queries apply to few-shot checkpoints "
+                       f"(mebqat-maml, mebqat-pn, fomaml, protonet, qat-*); this one is {cfg.method}")
     if pairs is None:
         settings = method.eval_settings()
+    elif pairs == "all":
+        from .bitpairs import ALL_WIDTHS, valid_pairs
+        settings = [Setting(w, a) for w, a in valid_pairs(ALL_WIDTHS) if method.supports_pair(w, a)]
     else:
         settings = []
         for w, a in pairs:
@@ -50,7 +73,12 @@ def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]]
                 sup = [b for b in (1, 2, 3, 4, 5, 6, 7, 8, 16, 32) if method.supports_bits(b)]
                 raise MbqError(f"--bit {w} is not available for this {cfg.method} checkpoint "
                                f"(it supports {_bits_list(sup)})")
-            settings.append(Setting(w, a if a is not None else cfg.act_bits_for(w)))
+            a = a if a is not None else cfg.act_bits_for(w)
+            if not method.supports_pair(w, a):
+                if all_requested:
+                    continue
+                raise _pair_error(cfg, w, a)
+            settings.append(Setting(w, a))
         trained = set(method.trained_bits())
         untrained = [s.w for s in settings if s.w not in trained]
         if untrained and cfg.method in ("qat", "fp"):
@@ -59,6 +87,12 @@ def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]]
     test = test.to(dev)
     if limit is not None:
         test = test.subset(torch.arange(min(limit, len(test))))
+    if episodic:
+        from .fewshot.evaluate import evaluate_settings
+        rows = evaluate_settings(method, model, test, settings, episodes=episodes, ways=ways,
+                                 shots=shots, queries=queries, seed=seed, device=dev)
+        return {"checkpoint": str(path), "method": cfg.method, "arch": cfg.model.arch, "dataset": name,
+                "results": rows, "notes": notes}
     loader = BatchLoader(test, batch_size, shuffle=False, augment=False, device=dev)
     calib = BatchLoader(train.to(dev), min(batch_size, 256), shuffle=True, augment=False, device=dev,
                         seed=seed)
@@ -71,7 +105,7 @@ def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]]
         if recalibrate_bn:
             recal(model, calib, recalibrate_bn)
         note = method.prepare_eval(model, s, calib)
-        if note:
+        if note and note not in notes:
             notes.append(note)
         r = evaluate(model, loader)
         w, a = (s.w, s.a) if s.w is not None else ("mixed", "mixed")
@@ -79,5 +113,7 @@ def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]]
         rows.append({"label": s.label, "bits": bits_value, "w": w, "a": a, "top1": r["top1"],
                      "loss": r["loss"], "n": r["n"], "compression": compression_ratio(model),
                      "recalibrated_bn": recalibrate_bn or None})
+        if s.w is None:  # a per-layer scheme: say what it is
+            rows[-1]["layer_bits"] = {n: wa["w"] for n, wa in get_bit_scheme(model).items()}
     return {"checkpoint": str(path), "method": cfg.method, "arch": cfg.model.arch, "dataset": name,
             "results": rows, "notes": notes}

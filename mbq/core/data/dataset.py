@@ -78,7 +78,8 @@ class TensorImageDataset(ImageDataset):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, name: str,
                  num_classes: int, mean, std, augment: str = "none"):
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+            raise ValueError("images must be uint8 [N, C, H, W], "
+                             f"got {images.dtype} {tuple(images.shape)}")
         if images.shape[2] != images.shape[3]:
             raise ValueError(f"images must be square, got {tuple(images.shape[2:])}")
         if images.shape[0] != len(labels):
@@ -113,17 +114,18 @@ class TensorImageDataset(ImageDataset):
         return self
 
 
-def resize_uint8(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     """Resize a uint8 [N, C, H, W] stack to size x size once, at load time."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
-    for s in range(0, images.shape[0], chunk):  # chunked: float copies of 60k images add up
-        x = images[s:s + chunk].float()
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
-                                            align_corners=False, antialias=True)
-        out[s:s + chunk] = x.round_().clamp_(0, 255).to(torch.uint8)
-    return out
+    kw = dict(size=(size, size), mode="bilinear", align_corners=False,
+              antialias=size < max(images.shape[-2:]))  # antialiasing matters only when shrinking
+    try:
+        # native uint8 kernel (CPU): no float copy of the whole set, ~2x faster
+        return torch.nn.functional.interpolate(images, **kw)
+    except RuntimeError:
+        x = torch.nn.functional.interpolate(images.float(), **kw)
+        return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -160,6 +162,7 @@ def take_subset(ds: ImageDataset, n: int, seed: int) -> ImageDataset:
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.empty_like(lab)
     rank[by_class] = torch.arange(len(lab)) - starts[lab[by_class]]
-    # ... then take round-robin over classes: all rank-0 items first, then rank-1, ...
-    order = torch.argsort(rank * counts.numel() + lab)
+    # ... then round-robin over classes: every class's first item (in shuffled order),
+    # then every class's second, ...
+    order = torch.argsort(rank * len(lab) + torch.arange(len(lab)))
     return ds.subset(perm[order[:n]].sort().values)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import sys
 
 import numpy as np
 import torch
@@ -38,7 +40,9 @@ def _open(name: str, root: str, train: bool, download: bool):
     cls = getattr(tvd, _SPECS[name][0])
     kw = {"split": "train" if train else "test"} if name == "svhn" else {"train": train}
     try:
-        return cls(root=root, download=download, **kw)
+        # older torchvision prints download chatter; stdout belongs to --json results
+        with contextlib.redirect_stdout(sys.stderr):
+            return cls(root=root, download=download, **kw)
     except ImportError as exc:  # SVHN reads .mat files through scipy
         raise MbqError(f"dataset {name} needs {exc.name or 'an extra package'}: "
                        f"pip install {exc.name or 'scipy'}") from exc

@@ -12,6 +12,17 @@ from ..errors import MbqError
 _METHODS: dict[str, tuple[str, str, str]] = {
     "fp": ("options.base:FPOptions", "fp:FPMethod", "float training (the reference)"),
     "qat": ("options.base:QATOptions", "qat:QATMethod", "QAT at one dedicated bit-width"),
+    "msq": ("options.msq:MSQOptions", "msq:MSQMethod", "mixed precision by LSB sparsification: RoundClamp + Hessian-guided bit pruning"),
+    "bsq": ("options.bsq:BSQOptions", "bsq:BSQMethod", "bit-level sparsity baseline: trainable bit planes + group lasso"),
+    "mebqat": ("options.mebqat:MEBQATOptions", "mebqat:MEBQATMethod", "one model for every (w, a) pair: QAT as meta-learning over bit-width tasks"),
+    "mebqat-maml": ("options.fewshot:MEBQATMAMLOptions", "mebqat_maml:MEBQATMAMLMethod", "few-shot MEBQAT: first-order MAML over (bit-width pair, episode) tasks"),
+    "mebqat-pn": ("options.fewshot:MEBQATPNOptions", "mebqat_pn:MEBQATPNMethod", "few-shot MEBQAT: ProtoNet over (bit-width pair, episode) tasks"),
+    "fomaml": ("options.fewshot:MAMLOptions", "fomaml:FOMAMLMethod", "few-shot baseline: first-order MAML at FP"),
+    "protonet": ("options.fewshot:PNOptions", "protonet:ProtoNetMethod", "few-shot baseline: prototypical networks at FP"),
+    "qat-fomaml": ("options.fewshot:MAMLOptions", "qat_fewshot:QATFOMAMLMethod", "few-shot baseline: first-order MAML at one (w, a) pair"),
+    "qat-pn": ("options.fewshot:PNOptions", "qat_fewshot:QATPNMethod", "few-shot baseline: ProtoNet at one (w, a) pair"),
+    "emq": ("options.emq:EMQOptions", "emq:EMQMethod", "one model for every width: WBC + shared BN + bit-wise coresets"),
+    "anyprec": ("options.anyprec:AnyPrecOptions", "anyprec:AnyPrecMethod", "Any-Precision DNN: switchable BN, recursive KD"),
 }
 
 

@@ -68,6 +68,10 @@ class Method(ABC):
         """Whether ``mbq eval --bit w`` is meaningful for this model."""
         return True
 
+    def supports_pair(self, w: int, a: int) -> bool:
+        """Whether ``mbq eval --wbits w --abits a`` (or ``--pairs all``) may evaluate (w, a)."""
+        return self.supports_bits(w)
+
     def apply_setting(self, model: nn.Module, s: Setting) -> None:
         if s.w is not None:
             set_bits(model, s.w, s.a)
@@ -78,6 +82,14 @@ class Method(ABC):
     def prepare_eval(self, model: nn.Module, s: Setting, calib: Iterable | None) -> str | None:
         """Called after apply_setting before evaluating; may recalibrate. Returns a note."""
         return None
+
+    def score(self, ctx, dataset, loader) -> float:
+        """Validation/test figure (percent) of ``ctx.model`` at the applied setting.
+
+        Top-1 over ``loader`` by default; episodic methods score few-shot episodes.
+        """
+        from ..evaluate import evaluate
+        return evaluate(ctx.model, loader)["top1"]
 
     # --- training --------------------------------------------------------------
     def setup(self, ctx) -> None:

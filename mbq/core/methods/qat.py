@@ -33,7 +33,8 @@ class QATMethod(Method):
     def adopt_init(self, meta: dict) -> None:
         scheme = meta.get("mbq.bit_scheme") or {}
         widths = {(v["w"], v["a"]) for v in scheme.values()}
-        if len(widths) > 1:  # a mixed scheme (MSQ / prune): fine-tune at it, same quantizers
+        searched = "mbq.prune_history" in meta  # msq / mbq prune output, even if it ended uniform
+        if len(widths) > 1 or (searched and scheme):  # a mixed scheme: fine-tune at it, same quantizers
             self.opts.scheme = scheme
             self.cfg.options["scheme"] = scheme
             q = (meta.get("mbq.config") or {}).get("quant") or {}

@@ -1,0 +1,82 @@
+"""Per-bit subset draws. Pure functions: scores + seed in, indices out.
+
+Every draw is a function of (seed, epoch, bit) only, so a resumed run, a
+second rank under torchrun or a rerun with the same ``--seed`` draws the
+same subsets.
+"""
+from __future__ import annotations
+
+import torch
+
+_MASK = (1 << 63) - 1
+
+
+def mix_seed(*parts: int) -> int:
+    """One 63-bit seed from several ints (splitmix64 steps; distinct inputs -> distinct streams)."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 29
+    return h & _MASK
+
+
+def subset_size(n: int, fraction: float) -> int:
+    return max(1, min(n, int(round(fraction * n))))
+
+
+def _generator(seed: int, epoch: int, bit: int) -> torch.Generator:
+    return torch.Generator().manual_seed(mix_seed(seed, epoch, bit))
+
+
+def _weights(scores: torch.Tensor) -> torch.Tensor:
+    """Sampling weights from scores: non-negative, with a small floor so zero-score
+    samples stay drawable (only after the scored ones, in practice)."""
+    s = scores.double().clamp_min(0)
+    mean = s.mean()
+    if not torch.isfinite(mean) or mean <= 0:
+        return torch.ones_like(s)
+    return s + 1e-3 * mean
+
+
+def gumbel_topk(weights: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """k indices drawn without replacement with probability proportional to ``weights``.
+
+    Gumbel top-k: the k largest log(w_i) + G_i, G_i ~ Gumbel(0, 1), are a
+    sample of successive proportional draws (Plackett-Luce).
+    """
+    u = torch.rand(weights.shape, generator=gen, dtype=torch.float64).clamp_(1e-300, 1.0)
+    keys = weights.double().log() - torch.log(-torch.log(u))
+    return torch.topk(keys, k).indices
+
+
+def draw_subset(scores: torch.Tensor, fraction: float, sampling: str, *, seed: int, epoch: int,
+                bit: int) -> torch.Tensor:
+    """Sorted dataset indices of one child's subset for one epoch.
+
+    ``weighted``: proportional to ``scores`` without replacement (a fresh draw
+    per epoch); ``topk``: the highest scores (the same every epoch);
+    ``random``: uniform without replacement.
+    """
+    scores = scores.detach().cpu()
+    n = scores.numel()
+    k = subset_size(n, fraction)
+    if k >= n:
+        return torch.arange(n)
+    if sampling == "topk":
+        idx = torch.topk(scores.double(), k).indices
+    elif sampling == "weighted":
+        idx = gumbel_topk(_weights(scores), k, _generator(seed, epoch, bit))
+    elif sampling == "random":
+        idx = torch.randperm(n, generator=_generator(seed, epoch, bit))[:k]
+    else:
+        raise ValueError(f"unknown coreset sampling {sampling!r} (weighted, topk or random)")
+    return idx.sort().values
+
+
+def overlap(a: torch.Tensor, b: torch.Tensor) -> float:
+    """|A ∩ B| / min(|A|, |B|): 1 when one subset contains the other."""
+    if a.numel() == 0 or b.numel() == 0:
+        return 0.0
+    common = torch.isin(a, b).sum().item()
+    return common / min(a.numel(), b.numel())

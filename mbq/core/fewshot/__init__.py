@@ -1,0 +1,2 @@
+"""Few-shot learning over class-split datasets: episode sampling, first-order
+MAML, prototypical networks and episode evaluation with confidence intervals."""

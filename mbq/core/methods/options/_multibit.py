@@ -1,0 +1,30 @@
+"""Options shared by the multi-bit methods (emq, anyprec). Torch-free."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from ...config import MethodOptions, parse_bits
+
+
+def parse_eval_bits(v):
+    """``all`` | ``trained`` | a list such as ``2,3,4`` (kept as a list of ints)."""
+    if v is None:
+        return v
+    if isinstance(v, str) and v.strip().lower() in ("all", "trained"):
+        return v.strip().lower()
+    return parse_bits(v, allow_all=False, name="--eval-bits")
+
+
+class MultiBitOptions(MethodOptions):
+    fp_path: Literal["tanh", "identity"] = Field(
+        "tanh", description="FP path (32 bits): Any-Precision's E*tanh(w)/max|tanh(w)| or the raw weight")
+    eval_bits: Literal["all", "trained"] | list[int] = Field(
+        "all", description="widths validated each epoch and tested at the end: all (1..8 and fp), "
+                           "trained, or a list such as 2,3,4")
+
+    @field_validator("eval_bits", mode="before")
+    @classmethod
+    def _eval_bits_ok(cls, v):
+        return parse_eval_bits(v)

@@ -1,0 +1,47 @@
+"""Options of ``--method emq`` (Kim et al., NeurIPS 2025). Torch-free.
+
+Every field is a ``mbq train --method emq`` flag; see docs/emq.md.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from ._multibit import MultiBitOptions
+
+SCORES = ("el2n", "grand", "entropy", "forgetting", "random")
+SAMPLINGS = ("weighted", "topk", "random")
+
+
+class EMQOptions(MultiBitOptions):
+    """Shared BN + weight bias correction + bit-wise coreset sampling."""
+
+    wbc: bool = Field(True, description="weight bias correction: match each quantized filter's "
+                                        "mean/std to the FP path's, at every width")
+    wbc_detach: bool = Field(False, description="treat the WBC statistics as constants in backward")
+    wbc_per_channel: bool = Field(True, description="WBC statistics per output channel (else per tensor)")
+    kd: Literal["none", "fp", "recursive"] = Field(
+        "none", description="add soft cross-entropy from the FP path (fp) or the next-higher "
+                            "trained width (recursive), computed on each child's own batch")
+    coreset_fraction: float = Field(
+        0.2, description="fraction of the training set each width trains on per epoch (1 = no coreset)")
+    coreset_warmup: int = Field(
+        1, ge=0, description="epochs on the full data before the per-bit scores are computed")
+    coreset_score: Literal["el2n", "grand", "entropy", "forgetting", "random"] = Field(
+        "el2n", description="per-sample importance: el2n, grand, entropy, forgetting or random")
+    coreset_sampling: Literal["weighted", "topk", "random"] = Field(
+        "weighted", description="per-epoch draw: weighted (prop. to score, without replacement), "
+                                "topk (fixed highest scores) or random")
+    coreset_rescore_every: int = Field(
+        0, ge=0, description="recompute the scores every K coreset epochs (0 = never)")
+    coreset: Path | None = Field(
+        None, description="precomputed coreset file from mbq select-coreset (skips the warm-up)")
+
+    @field_validator("coreset_fraction")
+    @classmethod
+    def _fraction_ok(cls, v):
+        if not 0 < v <= 1:
+            raise ValueError(f"--coreset-fraction must be in (0, 1], got {v}")
+        return v

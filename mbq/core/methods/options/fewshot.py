@@ -1,0 +1,66 @@
+"""Options of the few-shot methods: mebqat-maml, mebqat-pn and the baselines
+fomaml, protonet (FP) and qat-fomaml, qat-pn (one pair: --bits N --act-bits)."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field, field_validator
+
+from ...config import MethodOptions
+from ._bittasks import BitTaskOptions
+
+_ALL_WIDTHS = [2, 3, 4, 5, 6, 7, 8, 16, 32]
+
+
+class EpisodeOptions(MethodOptions):
+    """An epoch is ``--episodes-per-epoch`` episodes of ``--ways`` x (``--shots`` + ``--queries``)."""
+
+    train_defaults: ClassVar[dict] = {"optim.optimizer": "adam", "optim.lr": 1e-3,
+                                      "optim.weight_decay": 0.0}
+
+    ways: int = Field(4, ge=2, description="classes per episode (N-way)")
+    shots: int = Field(1, ge=1, description="support images per class (K-shot)")
+    queries: int = Field(15, ge=1, description="query images per class")
+    meta_train_classes: list[int] | None = Field(
+        None, description="class indices episodes are trained on, e.g. 0-5 (default: the first 60%)")
+    meta_test_classes: list[int] | None = Field(
+        None, description="disjoint class indices for validation/test episodes, e.g. 6-9 (default: the rest)")
+    episodes_per_epoch: int = Field(100, ge=1, description="training episodes per epoch")
+    val_episodes: int = Field(100, ge=1, description="meta-test episodes per validation")
+    test_episodes: int = Field(600, ge=1, description="meta-test episodes of the final test, per setting")
+    grad_clamp: float = Field(10.0, gt=0, description="clamp every averaged gradient element to ±this")
+
+    @field_validator("meta_train_classes", "meta_test_classes", mode="before")
+    @classmethod
+    def _classes(cls, v, info):
+        from ...fewshot.classes import parse_classes
+
+        if v is None:
+            return None
+        return parse_classes(v, "--" + info.field_name.replace("_", "-"))
+
+
+class MAMLOptions(EpisodeOptions):
+    """First-order MAML: ``--meta-batch`` episodes per step, ``--inner-steps`` SGD steps each."""
+
+    train_defaults: ClassVar[dict] = dict(EpisodeOptions.train_defaults, **{"optim.lr": 1e-4})
+
+    meta_batch: int = Field(4, ge=1, description="episodes per outer step (each with its own pair)")
+    inner_steps: int = Field(5, ge=1, description="SGD steps on the support set (training and test)")
+    inner_lr: float = Field(0.1, gt=0, description="inner-loop SGD learning rate (0.01 for MiniImageNet)")
+
+
+class PNOptions(EpisodeOptions):
+    """Prototypical networks: the network's output is the embedding."""
+
+    emb_dim: int = Field(64, ge=1, description="embedding size (the last layer's width)")
+
+
+class MEBQATMAMLOptions(MAMLOptions, BitTaskOptions):
+    train_defaults: ClassVar[dict] = dict(MAMLOptions.train_defaults, bits=_ALL_WIDTHS)
+
+
+class MEBQATPNOptions(PNOptions, BitTaskOptions):
+    train_defaults: ClassVar[dict] = dict(PNOptions.train_defaults, bits=_ALL_WIDTHS)
+
+    meta_batch: int = Field(4, ge=1, description="random (w, a) pairs per episode")

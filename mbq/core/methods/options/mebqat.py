@@ -1,0 +1,24 @@
+"""Options of ``--method mebqat`` (bit-width-adaptive QAT as meta-learning)."""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from ._bittasks import BitTaskOptions
+
+
+class MEBQATOptions(BitTaskOptions):
+    """Tasks are (w, a) pairs drawn from the valid pairs of ``--bits`` x ``--act-bits-candidates``."""
+
+    # shared flags this method defaults differently (applied unless given explicitly)
+    train_defaults: ClassVar[dict] = {"optim.optimizer": "adamw", "optim.lr": 1e-3,
+                                      "bits": [2, 3, 4, 5, 6, 7, 8, 16, 32]}
+
+    meta_batch: int = Field(4, ge=1, description="tasks per mini-batch, the guaranteed ones included")
+    guarantee_w1a1: bool = Field(False, description="put (1, 1) in every meta-batch (needs 1 in the candidates)")
+    kd: bool = Field(True, description="self-distillation from the FP pass of the same weights")
+    bn_mode: Literal["batch", "recalibrate"] = Field(
+        "recalibrate", description="batch: no running stats, eval uses the test batch's statistics "
+                                   "(paper); recalibrate: re-estimate BN stats at each pair before eval")
+    recal_batches: int = Field(10, ge=1, description="training batches used to re-estimate BN stats (recalibrate)")

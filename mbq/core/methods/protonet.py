@@ -1,0 +1,48 @@
+"""Prototypical networks (FP baseline, ``--method protonet``): one episode per
+step; the network's output is the embedding."""
+from __future__ import annotations
+
+from ..fewshot import protonet as pn
+from ..fewshot.episodes import load_episode
+from ..quant import set_bits
+from ._fewshot import FewShotMethod
+from ._task_grads import TaskGradients, usage_masks
+from .base import accuracy
+
+
+class ProtoNetMethod(FewShotMethod):
+    name = "protonet"
+    policy = "fp"
+    pairs_per_episode = 1
+
+    def out_features(self) -> int:
+        return self.opts.emb_dim
+
+    def steps_per_epoch(self, n_batches: int) -> int:
+        return self.opts.episodes_per_epoch
+
+    def epoch_items(self, ctx, g, rng):
+        for _ in range(self.opts.episodes_per_epoch):
+            ep = load_episode(ctx.train_set, self._train_sampler.sample(g), ctx.device)
+            yield ep, self.sample_pairs(self.pairs_per_episode)
+
+    def train_step(self, ctx, item) -> dict[str, float]:
+        ep, pairs = item
+        model = ctx.model
+        grads = TaskGradients(model)
+        losses, accs = [], []
+        for w, a in pairs:
+            set_bits(model, w, a)
+            masks = usage_masks(model)
+            with ctx.autocast():
+                loss, logits = pn.episode_loss(model, ep)
+            ctx.backward(loss)
+            grads.add_from_grads(model, masks)
+            losses.append(loss.item())
+            accs.append(accuracy(logits.detach(), ep.yq))
+        grads.write()
+        return {"loss": sum(losses) / len(losses), "acc": sum(accs) / len(accs),
+                "n": len(ep.xs) + len(ep.xq)}
+
+    def episode_score(self, model, ep) -> float:
+        return pn.episode_accuracy(model, ep)

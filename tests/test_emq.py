@@ -1,0 +1,222 @@
+"""EMQ: weight bias correction, shared BN at untrained widths, coreset resume, bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mbq.cli.app import app, main
+
+runner = CliRunner()
+SMALL = ["--arch", "cnn", "--train-subset", "512", "--val-size", "0", "--batch-size", "64",
+         "--optimizer", "adam", "--lr", "0.003", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def small_test_set():
+    """The final test of a training run uses 500 test images (speed only)."""
+    from mbq.core import engine
+
+    orig = engine.load_data
+
+    def load(cfg, device):
+        train, val, test = orig(cfg, device)
+        return train, val, test.subset(torch.arange(500))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "load_data", load)
+        yield
+
+
+def _train(out, *args):
+    res = runner.invoke(app, ["train", "--out", str(out), "--json", *SMALL, *args])
+    assert res.exit_code == 0, f"{res.output}\n{res.exception!r}"
+    return json.loads(res.stdout)
+
+
+def _main(capsys, args):
+    """Run the real entry point; (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    cap = capsys.readouterr()
+    return e.value.code, cap.out, cap.err
+
+
+@pytest.fixture(scope="module")
+def emq_ckpt(tmp_path_factory, small_test_set):
+    out = tmp_path_factory.mktemp("emq") / "emq.safetensors"
+    doc = _train(out, "--method", "emq", "--bits", "2,4", "--epochs", "2", "--coreset-fraction", "0.5",
+                 "--eval-bits", "trained", "--seed", "3")
+    return out, doc
+
+
+# --- weight bias correction ----------------------------------------------------------------
+
+def _channel_stats(w):
+    w = w.detach().reshape(w.shape[0], -1)
+    return w.mean(1), w.std(1, unbiased=False)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_wbc_matches_fp_path_statistics(per_channel):
+    from mbq.core.config import TrainConfig
+    from mbq.core.methods import create_method
+    from mbq.core.quant import quantized_layers
+
+    def build(wbc):
+        cfg = TrainConfig(method="emq", bits=[2, 4, 8], model={"arch": "resnet20", "num_classes": 10,
+                          "in_channels": 1, "image_size": 28, "kwargs": {"width": 0.25}},
+                          options={"wbc": wbc, "wbc_per_channel": per_channel})
+        torch.manual_seed(0)
+        return create_method(cfg).build_model()
+
+    model, plain = build(True), build(False)
+    layers = quantized_layers(model, include_pinned=False)
+    assert len(layers) >= 18
+    for (name, m), (_, p) in zip(layers, quantized_layers(plain, include_pinned=False)):
+        ref = m.reference_weight()
+        for b in range(1, 9):
+            wq = m.quantized_weight(b)
+            if per_channel:
+                (mq, sq), (mr, sr) = _channel_stats(wq), _channel_stats(ref)
+                # a channel whose codes are all equal (tiny fan-in at 1 bit) has no spread
+                # to rescale: WBC can only move its mean
+                ok = _channel_stats(m.weight_quant(m.weight, b))[1] > 0
+                sq, sr = sq[ok], sr[ok]
+            else:
+                mq, sq, mr, sr = wq.mean(), wq.std(unbiased=False), ref.mean(), ref.std(unbiased=False)
+            assert torch.allclose(mq, mr, atol=1e-6), (name, b)
+            assert torch.allclose(sq, sr, rtol=1e-4, atol=1e-7), (name, b)
+        # without WBC the 1-bit child's spread is far from the FP path's (what WBC removes)
+        ratio = _channel_stats(p.quantized_weight(1))[1] / _channel_stats(p.reference_weight())[1]
+        assert ratio.mean() > 1.5, name
+
+
+def test_wbc_detach_treats_the_statistics_as_constants():
+    from mbq.core.quant import functional as F
+
+    torch.manual_seed(0)
+    w = torch.randn(4, 9, requires_grad=True)
+    probe = torch.randn(4, 9)
+    grads = {}
+    for detach in (False, True):
+        w.grad = None
+        q = F.weight_bias_correction(F.dorefa_weight(w, 2, "tanh"), F.dorefa_weight(w, 32, "tanh"),
+                                     True, detach)
+        (q * probe).sum().backward()
+        grads[detach] = w.grad.clone()
+    assert grads[False].abs().sum() > 0 and grads[True].abs().sum() > 0
+    assert not torch.allclose(grads[False], grads[True])
+
+
+# --- shared BN: every width without calibration --------------------------------------------
+
+def test_emq_checkpoint_has_shared_bn_and_evaluates_every_width(emq_ckpt, capsys):
+    from mbq.core.checkpoint import load_checkpoint
+    from mbq.core.quant import SwitchableBatchNorm2d
+
+    path, doc = emq_ckpt
+    assert set(doc["top1"]) == {"2", "4"}
+    model, meta = load_checkpoint(path)
+    assert meta["mbq.bits"] == [2, 4] and meta["mbq.method"] == "emq"
+    assert not any(isinstance(m, SwitchableBatchNorm2d) for m in model.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 2
+    assert json.loads(meta["mbq.coreset"])["fraction"] == 0.5
+
+    code, out, err = _main(capsys, ["eval", str(path), "--bits", "all", "--limit", "500", "--json",
+                                    "--device", "cpu"])
+    assert code == 0, err
+    rows = {r["label"]: r for r in json.loads(out)["results"]}
+    assert list(rows) == ["1", "2", "3", "4", "5", "6", "7", "8", "fp"]
+    assert "note" not in err  # no calibration, nothing to announce
+    assert all(r["recalibrated_bn"] is None for r in rows.values())
+    top = {k: r["top1"] for k, r in rows.items()}
+    assert top["2"] > 40 and top["4"] > 40, top  # it learned (chance is ~10)
+    for w in ("3", "5", "6", "7", "8"):  # untrained widths, straight from the checkpoint
+        assert top[w] >= min(top["2"], top["4"]) - 5, top
+
+    code, out, _ = _main(capsys, ["eval", str(path), "--bit", "3", "--limit", "500", "--json",
+                                  "--device", "cpu"])
+    assert code == 0 and json.loads(out)["top1"] == top["3"]
+
+
+# --- coreset state across --resume ------------------------------------------------------------
+
+class _StopAfter:
+    def __init__(self, epochs):
+        self.left = epochs
+
+    def __call__(self, event, **data):
+        if event == "epoch":
+            self.left -= 1
+            if self.left == 0:
+                raise KeyboardInterrupt
+
+
+def _cfg(out, **kw):
+    from mbq.core.config import TrainConfig
+
+    return TrainConfig(method="emq", bits=[2, 4], epochs=3, out=out, device="cpu", seed=5,
+                       data={"train_subset": 256, "val_size": 0, "batch_size": 64},
+                       model={"arch": "cnn"}, optim={"optimizer": "adam", "lr": 0.003},
+                       options={"coreset_fraction": 0.25, "eval_bits": "trained"}, **kw)
+
+
+def _run(cfg, report=None):
+    from mbq.core.engine import train
+    from mbq.core.methods import create_method
+
+    method = create_method(cfg)
+    train(cfg, method, report or (lambda *a, **k: None))
+    return method
+
+
+def test_resume_mid_run_reproduces_the_coreset_draws(tmp_path, small_test_set):
+    from mbq.core.checkpoint import read_checkpoint
+
+    full = _run(_cfg(tmp_path / "a.safetensors"))
+    b_out = tmp_path / "b.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        _run(_cfg(b_out), _StopAfter(2))  # warm-up epoch + first coreset epoch, then "Ctrl-C"
+    saved = torch.load(b_out.with_name("b.state.pt"), weights_only=True)["method"]["coreset"]
+    assert saved["subset_epoch"] == 1 and set(saved["scores"]) == {"2", "4"}
+    resumed = _run(_cfg(b_out, resume=True))
+
+    a, b = full.coreset, resumed.coreset
+    assert b.subset_epoch == a.subset_epoch == 2
+    for bit in (2, 4):
+        assert torch.equal(a.scores[bit], b.scores[bit])
+        assert torch.equal(a.subsets[bit], b.subsets[bit])
+        assert a.subsets[bit].numel() == 64
+    assert not torch.equal(a.subsets[2], a.subsets[4])  # each width draws its own subset
+    ta, _ = read_checkpoint(tmp_path / "a.safetensors")
+    tb, _ = read_checkpoint(b_out)
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)  # the whole run is reproduced
+    lines = [json.loads(s) for s in b_out.with_name("b.metrics.jsonl").read_text().splitlines()]
+    assert [m["coreset_size"] for m in lines] == [256, 64, 64]
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, msg", [
+    (["--method", "emq", "--bits", "2,2"], "twice"),
+    (["--method", "emq", "--bits", ""], "comma-separated"),
+    (["--method", "emq", "--bits", "1,2", "--quantizer", "roundclamp"], "no 1-bit form"),
+    (["--method", "anyprec", "--bits", "1,4", "--quantizer", "lsq"], "no 1-bit form"),
+    (["--method", "emq", "--bits", "2,4", "--coreset-fraction", "0"], "(0, 1]"),
+    (["--method", "emq", "--bits", "2,4", "--coreset-fraction", "1.5"], "(0, 1]"),
+    (["--method", "emq", "--bits", "2,4", "--kd", "teacher"], "kd"),
+    (["--method", "emq", "--bits", "2,4", "--eval-bits", "3,3"], "twice"),
+])
+def test_train_bad_input_is_one_line_exit_2(tmp_path, capsys, args, msg):
+    code, out, err = _main(capsys, ["train", "--out", str(tmp_path / "x.safetensors"), *SMALL, *args])
+    assert code == 2 and out == ""
+    assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("bit", ["0", "9", "12", "64"])
+def test_eval_bit_outside_valid_widths_is_exit_2(emq_ckpt, capsys, bit):
+    code, out, err = _main(capsys, ["eval", str(emq_ckpt[0]), "--bit", bit, "--device", "cpu"])
+    assert code == 2 and out == "" and "not supported" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,115 @@
+import pytest
+import torch
+from torch import nn
+
+from mbq.core.checkpoint import read_checkpoint, save_checkpoint
+from mbq.core.config import QuantConfig
+from mbq.core.models import create_model
+from mbq.core.quant import (QConv2d, QLinear, SwitchableBatchNorm2d, compression_ratio, get_bit_scheme,
+                            quantize_model, quantized_layers, set_bit_scheme, set_bits)
+
+
+def _pair(arch, **qkw):
+    torch.manual_seed(0)
+    f = create_model(arch, num_classes=10, in_channels=1, image_size=28).eval()
+    q = create_model(arch, num_classes=10, in_channels=1, image_size=28)
+    q.load_state_dict(f.state_dict())
+    quantize_model(q, QuantConfig(**qkw))
+    return f, q.eval()
+
+
+@pytest.mark.parametrize("arch", ["cnn", "resnet20", "mobilenet_v2", "vit_tiny"])
+@pytest.mark.parametrize("weight,act", [("dorefa", "clamp"), ("roundclamp", "clamp"), ("lsq", "lsq"),
+                                        ("dorefa", "pact")])
+def test_fp_reproduces_float_model_exactly(arch, weight, act):
+    kw = {"depth": 1} if arch == "vit_tiny" else {}
+    torch.manual_seed(0)
+    f = create_model(arch, num_classes=10, in_channels=1, image_size=28, **kw).eval()
+    q = create_model(arch, num_classes=10, in_channels=1, image_size=28, **kw)
+    q.load_state_dict(f.state_dict())
+    quantize_model(q, QuantConfig(weight=weight, act=act, w_bits=32, a_bits=32, first_last_bits=8))
+    set_bits(q.eval(), 32, 32)
+    for _, m in quantized_layers(q):
+        m.set_precision(32, 32)
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.equal(f(x), q(x))
+
+
+def test_quantize_swaps_layers_and_pins_first_last():
+    _, q = _pair("resnet20", w_bits=4, a_bits=4, first_last_bits=8)
+    layers = dict(quantized_layers(q))
+    names = list(layers)
+    assert layers[names[0]].pinned and layers[names[-1]].pinned
+    assert isinstance(layers[names[0]], QConv2d) and isinstance(layers[names[-1]], QLinear)
+    assert layers[names[0]].bits == (8, 8)
+    assert all(m.bits == (4, 4) for m in list(layers.values())[1:-1])
+    set_bits(q, 2, 3)
+    assert layers[names[0]].bits == (8, 8) and layers[names[1]].bits == (2, 3)
+
+
+def test_first_last_fp_stay_float_layers():
+    _, q = _pair("cnn", w_bits=4, a_bits=4, first_last_bits=32)
+    assert type(q.get_submodule(next(n for n, m in q.named_modules() if isinstance(m, nn.Conv2d)))) is nn.Conv2d
+    assert all(not m.pinned for _, m in quantized_layers(q))
+
+
+def test_quantized_forward_differs_and_backprops():
+    f, q = _pair("resnet20", w_bits=2, a_bits=2)
+    x = torch.randn(4, 1, 28, 28)
+    assert not torch.allclose(f(x), q(x))
+    q.train()
+    q(x).sum().backward()
+    assert all(p.grad is not None for n, p in q.named_parameters() if "weight" in n and p.dim() > 1)
+
+
+def test_bits_survive_state_dict_and_safetensors(tmp_path):
+    _, q = _pair("resnet20", w_bits=4, a_bits=4)
+    scheme = get_bit_scheme(q)
+    first = next(iter(scheme))
+    scheme[first] = {"w": 3, "a": 5}
+    set_bit_scheme(q, scheme)
+    _, q2 = _pair("resnet20", w_bits=8, a_bits=8)
+    q2.load_state_dict(q.state_dict())
+    assert get_bit_scheme(q2) == scheme
+    assert q2.get_submodule(first).bits == (3, 5)  # the Python mirror refreshed on load
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(q, path, {"mbq.method": "qat", "mbq.arch": "resnet20", "mbq.num_classes": "10",
+                              "mbq.in_channels": "1", "mbq.image_size": "28"})
+    tensors, meta = read_checkpoint(path)
+    assert meta["mbq.bit_scheme"] == scheme
+    _, q3 = _pair("resnet20", w_bits=8, a_bits=8)
+    q3.load_state_dict(tensors)
+    assert get_bit_scheme(q3) == scheme
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(q.eval()(x), q3.eval()(x))
+
+
+def test_set_bit_scheme_unknown_layer():
+    _, q = _pair("cnn", w_bits=4, a_bits=4)
+    with pytest.raises(KeyError):
+        set_bit_scheme(q, {"nope": {"w": 2, "a": 2}})
+
+
+def test_switchable_bn():
+    _, q = _pair("resnet20", w_bits=4, a_bits=4, switchable_bn=[2, 4, 8])
+    sbns = [m for m in q.modules() if isinstance(m, SwitchableBatchNorm2d)]
+    assert sbns and all(m.widths == [2, 4, 8] for m in sbns)
+    set_bits(q, 2, 2)
+    assert all(m._active == 2 for m in sbns)
+    q.train()
+    q(torch.randn(8, 1, 28, 28))
+    assert not torch.equal(sbns[0].bns["2"].running_mean, sbns[0].bns["4"].running_mean)
+    with pytest.raises(KeyError):
+        set_bits(q, 3, 3)
+    sbns[0].add_width(3)
+    assert sbns[0].has_width(3)
+
+
+def test_compression_ratio():
+    _, q = _pair("resnet20", w_bits=4, a_bits=4, first_last_bits=32)
+    c = compression_ratio(q)
+    assert 4 < c < 8  # float stem/head pull it below 32/4
+    set_bits(q, 32, 32)
+    assert compression_ratio(q) == pytest.approx(1.0)
+    _, q8 = _pair("resnet20", w_bits=4, a_bits=4, first_last_bits=4)
+    assert compression_ratio(q8) == pytest.approx(8.0)
