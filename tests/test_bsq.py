@@ -7,9 +7,9 @@ from typer.testing import CliRunner
 
 from mbq.cli.app import app
 from mbq.core.checkpoint import load_checkpoint
-from mbq.core.config import QuantConfig, TrainConfig
+from mbq.core.config import TrainConfig
 from mbq.core.methods import create_method
-from mbq.core.quant import QLinear, quantize_model, quantized_layers
+from mbq.core.quant import QLinear, quantized_layers
 from mbq.core.quant.bitplane import clamp_planes, group_lasso, plane_params, rebinarize, to_bit_planes
 
 

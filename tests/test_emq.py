@@ -111,6 +111,21 @@ def test_wbc_detach_treats_the_statistics_as_constants():
     assert not torch.allclose(grads[False], grads[True])
 
 
+def test_fp_path_activations_share_the_quantized_range_by_default():
+    from mbq.core.config import TrainConfig
+    from mbq.core.methods import create_method
+    from mbq.core.quant import quantized_layers
+
+    x = torch.linspace(-1, 3, 9)
+    for fp_act, top in (("clamp", 1.0), ("identity", 3.0)):
+        cfg = TrainConfig(method="emq", bits=[2, 4], model={"arch": "cnn", "num_classes": 10,
+                          "in_channels": 1, "image_size": 28}, options={"fp_act": fp_act})
+        _, layer = quantized_layers(create_method(cfg).build_model(), include_pinned=False)[0]
+        assert layer.act_quant(x, 32).max().item() == top
+        assert layer.act_quant(x, 32).min().item() == (0.0 if fp_act == "clamp" else -1.0)
+        assert layer.act_quant(x, 2).max().item() == 1.0  # quantized widths clamp either way
+
+
 # --- shared BN: every width without calibration --------------------------------------------
 
 def test_emq_checkpoint_has_shared_bn_and_evaluates_every_width(emq_ckpt, capsys):
@@ -134,7 +149,7 @@ def test_emq_checkpoint_has_shared_bn_and_evaluates_every_width(emq_ckpt, capsys
     assert all(r["recalibrated_bn"] is None for r in rows.values())
     top = {k: r["top1"] for k, r in rows.items()}
     assert top["2"] > 40 and top["4"] > 40, top  # it learned (chance is ~10)
-    for w in ("3", "5", "6", "7", "8"):  # untrained widths, straight from the checkpoint
+    for w in ("3", "5", "6", "7", "8", "fp"):  # untrained widths, straight from the checkpoint
         assert top[w] >= min(top["2"], top["4"]) - 5, top
 
     code, out, _ = _main(capsys, ["eval", str(path), "--bit", "3", "--limit", "500", "--json",

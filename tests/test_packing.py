@@ -97,6 +97,12 @@ def test_activation_codes_match_the_fake_quant_activation():
         assert torch.allclose(q * a.scale, fq, atol=1e-6)
 
 
+def test_float_inputs_pass_or_are_clipped():
+    assert act_codes_params("layer", _layer("conv", "dorefa", 32, act="clamp")) is None
+    clip = act_codes_params("layer", _layer("conv", "dorefa", 32, act="clamp_fp"))
+    assert clip.bits == 32 and (clip.lo * clip.scale, clip.hi * clip.scale) == (0.0, 1.0)
+
+
 def test_uninitialised_lsq_activation_is_refused():
     from mbq.core.errors import MbqError
 

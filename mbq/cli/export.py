@@ -39,7 +39,8 @@ def export_cmd(
     from ._common import stdout_console
     t = Table(title=f"{result['checkpoint']} — {result['method']} {result['arch']} as {result['format']}")
     for col in ("file", "bits", "bytes", "of checkpoint", "scheme bytes", "sha256"):
-        t.add_column(col, justify="left" if col == "file" else "right")
+        t.add_column(col, justify="left" if col == "file" else "right",
+                     overflow="fold" if col == "file" else "ellipsis")
     for f in result["files"]:
         t.add_row(f["path"], f["label"], f"{f['size']:,}", f"{f['size'] / f['checkpoint_size']:.1%}",
                   f"{f['theoretical_bytes']:,}", f["sha256"][:16])

@@ -36,13 +36,6 @@ def valid_pairs(w_bits: Sequence[int], a_bits: Sequence[int] | None = None) -> l
     return [(w, a) for w in ws for a in as_ if is_valid_pair(w, a)]
 
 
-def pair_label(w: int, a: int) -> str:
-    """``fp``, ``4`` (w = a) or ``w4a8``: the label mbq uses for a Setting."""
-    if w == a:
-        return "fp" if w >= FP else str(w)
-    return f"w{'fp' if w >= FP else w}a{'fp' if a >= FP else a}"
-
-
 def sample_tasks(pairs: Sequence[Pair], m: int, guaranteed: Sequence[Pair] = (),
                  rng: random.Random | None = None) -> list[Pair]:
     """A meta-batch of ``m`` tasks: ``guaranteed`` first, the rest uniform over the others.

@@ -63,7 +63,10 @@ def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]]
         settings = method.eval_settings()
     elif pairs == "all":
         from .bitpairs import ALL_WIDTHS, valid_pairs
-        settings = [Setting(w, a) for w, a in valid_pairs(ALL_WIDTHS) if method.supports_pair(w, a)]
+        from .quant import quantized_layers
+        one_bit = all(getattr(m.weight_quant, "supports_1bit", True) for _, m in quantized_layers(model))
+        widths = ALL_WIDTHS if one_bit else ALL_WIDTHS[1:]
+        settings = [Setting(w, a) for w, a in valid_pairs(widths) if method.supports_pair(w, a)]
     else:
         settings = []
         for w, a in pairs:

@@ -7,7 +7,9 @@ Torch-free at import (the CLI asks :func:`exported_format` before loading torch)
 - ``plan``        the deployable description of a model at its current precision
 - ``packed``      write/read the packed safetensors file (``mbq.format = "packed"``)
 - ``runtime``     rebuild and run a model from a packed file with integer arithmetic
-- ``onnx_export`` QuantizeLinear/DequantizeLinear ONNX graph + onnxruntime session
+- ``onnx_graph``  a small ONNX graph builder + the float ops of the fx graph
+- ``onnx_export`` the QuantizeLinear/DequantizeLinear layers and the checked ModelProto
+- ``onnx_session`` an onnxruntime session as an nn.Module (what ``mbq eval`` runs)
 - ``export_checkpoint`` / ``evaluate_exported``  what ``mbq export`` / ``mbq eval`` run
 """
 from __future__ import annotations

@@ -15,10 +15,11 @@ quantizer's own output (no quantizer math is repeated here) and every result is 
 against the fake-quantized weight it stands for.
 
 Activations entering a quantized layer are unsigned codes ``x = act_scale * q``,
-``q in [lo, hi]``.
+``q in [lo, hi]``; a float input may still be clipped (``clamp_fp`` at 32 bits).
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -129,6 +130,8 @@ def weight_codes(name: str, layer) -> WeightCodes | None:
     if family is None:
         raise MbqError(f"layer {name}: no integer form for the {type(layer.weight_quant).__name__} "
                        "weight quantizer")
+    if not bool(torch.isfinite(layer.weight).all()):
+        raise MbqError(f"layer {name} has NaN/inf weights (the run diverged); nothing to export")
     wq = layer.weight_quant(layer.weight, bits)
     wc = family(layer, wq, bits)
     _check(name, wc, wq, f"{bits}-bit weight")
@@ -142,11 +145,32 @@ def weight_codes(name: str, layer) -> WeightCodes | None:
     return wc
 
 
+_PROBE = (-2.0, -0.5, 0.0, 0.25, 0.7, 1.0, 1.5, 3.0)
+
+
+@torch.no_grad()
+def _float_input(name: str, aq, bits: int) -> ActCodes | None:
+    """A float input passes unchanged (None) or is clipped to [0, 1] (``clamp_fp``): probe it."""
+    state = next(itertools.chain(aq.parameters(), aq.buffers()), torch.empty(0))
+    x = torch.tensor(_PROBE, device=state.device)
+    y = aq(x, bits)
+    if torch.equal(y, x):
+        return None
+    if torch.equal(y, x.clamp(0, 1)):
+        return ActCodes(bits, 1.0, 0, 1, "clip")  # float input, clipped to [lo, hi] * scale
+    raise MbqError(f"layer {name}: the {type(aq).__name__} activation quantizer changes float "
+                   "inputs in a way export cannot represent")
+
+
 def act_codes_params(name: str, layer) -> ActCodes | None:
-    """How the layer quantizes its input at its current width; None for float inputs."""
+    """How the layer quantizes its input at its current width.
+
+    None for a float input; ``bits`` above 8 means a float input clipped to
+    ``[lo, hi] * scale`` (no codes).
+    """
     bits, aq = layer.bits[1], layer.act_quant
     if F.is_fp(bits) or isinstance(aq, NoAct):
-        return None
+        return _float_input(name, aq, bits)
     if bits > MAX_PACKED_BITS:
         raise MbqError(f"layer {name} has {bits}-bit activations; export handles 1..8 bits and float")
     n = (1 << bits) - 1

@@ -17,12 +17,15 @@ def load_exported(path: str | Path, fmt: str, device: str = "auto"):
     from ..engine import resolve_device
 
     if fmt == "onnx":
-        from .onnx_export import OrtModel
+        from .onnx_session import OrtModel
 
         if not Path(path).is_file():
             raise MbqError(f"no such file: {path}")
         model = OrtModel(path)
-        return model, decode_metadata(model.metadata(), path), torch.device("cpu")
+        raw = model.metadata()
+        if not any(k.startswith("mbq.") for k in raw):
+            raise MbqError(f"{path} is an ONNX model without mbq metadata (not written by mbq export)")
+        return model, decode_metadata(raw, path), torch.device("cpu")
     from .runtime import load_packed_model
 
     dev = resolve_device(device)
@@ -84,5 +87,6 @@ def evaluate_if_exported(path: str | Path, *, fixed_flags: list[str], **kwargs) 
         return None
     if fixed_flags:
         raise MbqError(f"{path} is an exported ({fmt}) model with a fixed precision; "
-                       f"{' / '.join(fixed_flags)} do not apply (evaluate the checkpoint instead)")
+                       f"{' / '.join(fixed_flags)} {'does' if len(fixed_flags) == 1 else 'do'} not apply "
+                       "(evaluate the checkpoint instead)")
     return evaluate_exported(path, fmt, **kwargs)

@@ -135,8 +135,8 @@ def export_checkpoint(path: str | Path, *, fmt: str = "packed", bit=None, out: s
     if fmt not in FORMATS:
         raise MbqError(f"unknown --format {fmt} (choose from: {', '.join(FORMATS)})")
     if fmt == "onnx":
-        from ._deps import require
-        require("onnx", "ONNX export")
+        from .onnx_export import check_opset
+        check_opset(opset)  # also: the onnx package is there
     want = parse_bit(bit)
     path = Path(path)
     from ..checkpoint import load_checkpoint

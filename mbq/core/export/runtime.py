@@ -44,7 +44,8 @@ class RefLayer(nn.Module):
             self.has_zero = False
         self.register_buffer("bias", None if p.bias is None else p.bias.double())
         fan_in = p.numel // p.shape[0]
-        exact = c is not None and p.act is not None and \
+        self.codes_in = p.act is not None and p.act.bits <= 8
+        exact = c is not None and self.codes_in and \
             max(abs(p.act.lo), abs(p.act.hi)) * (1 << c.bits) * fan_in < _EXACT_F32
         self.acc_dtype = torch.float32 if exact else torch.float64
         self.w = self.w.to(self.acc_dtype)
@@ -68,11 +69,11 @@ class RefLayer(nn.Module):
         return t if self.kind == "linear" else t.reshape(-1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.act is not None:
-            x = act_codes(x, self.act.scale, self.act.lo, self.act.hi)
-            x_scale = self.act.scale
-        else:
-            x_scale = 1.0
+        a, x_scale = self.act, 1.0
+        if self.codes_in:
+            x, x_scale = act_codes(x, a.scale, a.lo, a.hi), a.scale
+        elif a is not None:  # a float input clipped to its range
+            x = x.clamp(a.lo * a.scale, a.hi * a.scale)
         dt = self.acc_dtype
         x = x.to(dt)
         acc = self._op(x, self.w).double()
@@ -84,7 +85,8 @@ class RefLayer(nn.Module):
         return y.float()
 
     def extra_repr(self) -> str:
-        a = "float" if self.act is None else f"{self.act.bits}-bit {self.act.quantizer}"
+        a = f"{self.act.bits}-bit {self.act.quantizer}" if self.codes_in else \
+            "float" if self.act is None else "float, clipped"
         return f"{self.kind}, weight {tuple(self.w.shape)}, input {a}, acc {self.acc_dtype}"
 
 

@@ -46,8 +46,11 @@ class EMQMethod(MultiBitMethod):
 
     def quant_config(self):
         o = self.opts
-        return self._quant(wbc=o.wbc, wbc_detach=o.wbc_detach, wbc_per_channel=o.wbc_per_channel,
-                           switchable_bn=None)
+        act = self.cfg.quant.act
+        if act == "clamp" and o.fp_act == "clamp":
+            act = "clamp_fp"  # the shared BN sees [0, 1] activations at every width, FP included
+        return self._quant(act=act, wbc=o.wbc, wbc_detach=o.wbc_detach,
+                           wbc_per_channel=o.wbc_per_channel, switchable_bn=None)
 
     # --- schedule ------------------------------------------------------------------
     def steps_per_epoch(self, n_batches: int) -> int:

@@ -125,19 +125,27 @@ class MSQMethod(Method):
 
     def end_epoch(self, ctx, epoch: int) -> dict:
         o, e = self.opts, epoch + 1
+        out = {}
         if not self.reached:
+            rates = self._rates()
+            if rates:  # parameter-weighted mean, to watch the regularizer work
+                sizes = dict((n, m.weight.numel()) for n, m in self._layers)
+                out["lsb_rate"] = sum(r * sizes[n] for n, r in rates.items()) / sum(sizes[n] for n in rates)
             forced = e >= max(1, math.ceil(o.prune_deadline * ctx.cfg.epochs))
             if forced or e % o.prune_interval == 0:
-                self._prune_round(ctx, e, forced)
+                self._prune_round(ctx, e, forced, rates)
         c = compression_ratio(ctx.model)
-        return {"compression": c, "avg_bits": FP_BITS / c,
-                "lsb_lambda": 0.0 if self.reached else o.lsb_lambda}
+        return dict(out, compression=c, avg_bits=FP_BITS / c,
+                    lsb_lambda=0.0 if self.reached else o.lsb_lambda)
 
-    def _prune_round(self, ctx, e: int, forced: bool) -> None:
+    def _rates(self) -> dict[str, float]:
+        """LSB non-zero rate of each layer at its current k."""
+        return {n: lsb_nonzero_rate(m.weight, m.bits[0], self.k[n]) for n, m in self._layers
+                if self.k.get(n, 0) > 0}
+
+    def _prune_round(self, ctx, e: int, forced: bool, rates: dict[str, float]) -> None:
         o = self.opts
         layers = self._layer_bits()
-        rates = {n: lsb_nonzero_rate(m.weight, m.bits[0], self.k[n]) for n, m in self._layers
-                 if self.k.get(n, 0) > 0}
         if forced:
             bits, events = forced_round(layers, self.k, rates, o.target_compression, o.min_bits)
         else:

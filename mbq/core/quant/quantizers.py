@@ -78,6 +78,14 @@ class ClampAct(nn.Module):
         return F.clamp_act(x, bits)
 
 
+class ClampActFP(ClampAct):
+    """ClampAct whose FP path clamps to [0, 1] too (without rounding), so every width
+    feeds the next layer the same range (what a BN shared by all widths needs)."""
+
+    def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        return x.clamp(0, 1) if F.is_fp(bits) else F.clamp_act(x, bits)
+
+
 class PACTAct(nn.Module):
     """PACT/SAT activation with a learned clip alpha shared by all widths."""
 
@@ -109,4 +117,4 @@ class NoAct(nn.Module):
 
 
 WEIGHT_QUANTIZERS = {"dorefa": DoReFaWeight, "roundclamp": RoundClampWeight, "lsq": LSQWeight}
-ACT_QUANTIZERS = {"clamp": ClampAct, "pact": PACTAct, "lsq": LSQAct, "none": NoAct}
+ACT_QUANTIZERS = {"clamp": ClampAct, "clamp_fp": ClampActFP, "pact": PACTAct, "lsq": LSQAct, "none": NoAct}

@@ -20,6 +20,9 @@ class EMQOptions(MultiBitOptions):
 
     wbc: bool = Field(True, description="weight bias correction: match each quantized filter's "
                                         "mean/std to the FP path's, at every width")
+    fp_act: Literal["clamp", "identity"] = Field(
+        "clamp", description="FP-path activations with the clamp quantizer: clamp to [0, 1] like "
+                             "every quantized width (one shared BN fits all widths) or pass unchanged")
     wbc_detach: bool = Field(False, description="treat the WBC statistics as constants in backward")
     wbc_per_channel: bool = Field(True, description="WBC statistics per output channel (else per tensor)")
     kd: Literal["none", "fp", "recursive"] = Field(

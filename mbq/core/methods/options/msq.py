@@ -14,7 +14,7 @@ class MSQOptions(MethodOptions):
     init_bits: int = Field(8, ge=2, le=8, description="weight bits every quantized layer starts at")
     min_bits: int = Field(2, ge=2, le=8, description="no layer is pruned below this")
     lsb_lambda: float = Field(
-        50.0, ge=0, description="strength of the LSB regularizer R = sum|L_k| / N_total (0 = prune on rates alone)")
+        100.0, ge=0, description="strength of the LSB regularizer R = sum|L_k| / N_total (0 = prune on rates alone)")
     prune_interval: int = Field(1, ge=1, description="epochs between pruning rounds")
     prune_threshold: float = Field(
         0.3, ge=0.0, le=1.0, description="a layer loses k bits when its LSB non-zero rate is below this")

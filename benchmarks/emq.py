@@ -1,0 +1,199 @@
+"""EMQ vs Any-Precision on one model, one data slice, one number of epochs.
+
+Measures (issue 3):
+  * training wall-clock of anyprec divided by that of emq --coreset-fraction 0.2,
+    for bits {2,4,8} and {1,2,4,8,32} (compute limit at f = 0.2: 5x; target >= 4x);
+  * MNIST test top-1 of both at every width 1..8 and FP (EMQ: no calibration;
+    anyprec: BN re-calibration for the widths it did not train, as mbq eval does);
+  * ablations: EMQ without WBC, EMQ without coreset (fraction 1.0).
+
+    python benchmarks/emq.py            # the full run (~10-15 min on 2 shared cores)
+    python benchmarks/emq.py --quick    # ~2 min smoke version
+
+Training time is the time from the engine's start event to the last epoch's end:
+every training step, the warm-up, the per-bit scoring and the per-epoch checkpoint
+writes; not data loading or the final tests.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ALL_WIDTHS = [1, 2, 3, 4, 5, 6, 7, 8, 32]
+# (row name, method, bits, method options)
+RUNS = [
+    ("anyprec {2,4,8}", "anyprec", [2, 4, 8], {}),
+    ("emq f=0.2 {2,4,8}", "emq", [2, 4, 8], {"coreset_fraction": 0.2}),
+    ("anyprec {1,2,4,8,32}", "anyprec", [1, 2, 4, 8, 32], {}),
+    ("emq f=0.2 {1,2,4,8,32}", "emq", [1, 2, 4, 8, 32], {"coreset_fraction": 0.2}),
+    ("emq f=0.2 no WBC {2,4,8}", "emq", [2, 4, 8], {"coreset_fraction": 0.2, "wbc": False}),
+    ("emq f=1.0 {2,4,8}", "emq", [2, 4, 8], {"coreset_fraction": 1.0}),
+]
+FULL = {"train_subset": 2000, "epochs": 8, "width": 0.5, "test_limit": 2000}
+QUICK = {"train_subset": 500, "epochs": 2, "width": 0.25, "test_limit": 300}
+CALIB_BATCHES = 10  # anyprec's BN re-calibration of an untrained width: 10 x 256 training images
+
+
+def _label(b: int) -> str:
+    return "fp" if b >= 32 else str(b)
+
+
+class _Clock:
+    """Reporter: remembers when training started and when each epoch ended."""
+
+    def __init__(self, log):
+        self.log, self.start, self.epochs = log, None, []
+
+    def __call__(self, event, **d):
+        if event == "start":
+            self.start = time.perf_counter()
+        elif event == "epoch":
+            self.epochs.append(time.perf_counter())
+            self.log(f"    epoch {d['epoch']}: loss {d['train_loss']:.3f}  "
+                     f"{d.get('coreset_size', '')} imgs/width  {d['wall_s']:.1f}s")
+
+    @property
+    def seconds(self) -> float:
+        return self.epochs[-1] - self.start
+
+
+def run_one(name, method, bits, opts, a, folder, log) -> dict:
+    from mbq.core.config import TrainConfig
+    from mbq.core.engine import train
+    from mbq.core.evaluate_checkpoint import evaluate_checkpoint
+    from mbq.core.methods import create_method
+
+    out = folder / (name.replace(" ", "_").replace("{", "").replace("}", "").replace(",", "-")
+                    .replace("=", "") + ".safetensors")
+    cfg = TrainConfig(method=method, bits=bits, epochs=a.epochs, seed=a.seed, device=a.device, out=out,
+                      data={"train_subset": a.train_subset, "val_size": 0, "batch_size": a.batch_size},
+                      model={"arch": "resnet20", "kwargs": {"width": a.width}},
+                      optim={"optimizer": a.optimizer, "lr": a.lr},
+                      options=dict(opts, eval_bits=[max(bits)],
+                                   **({"calib_batches": CALIB_BATCHES} if method == "anyprec" else {})))
+    log(f"  {name}: training")
+    clock = _Clock(log)
+    train(cfg, create_method(cfg), clock)
+    log(f"  {name}: {clock.seconds:.1f}s; evaluating at every width")
+    t0 = time.perf_counter()
+    ev = evaluate_checkpoint(out, pairs=[(b, None) for b in ALL_WIDTHS], limit=a.test_limit,
+                             device=a.device, seed=a.seed)
+    top1 = {_label(r["w"]): r["top1"] for r in ev["results"]}
+    return {"name": name, "method": method, "bits": bits, "options": opts, "train_s": clock.seconds,
+            "eval_s": time.perf_counter() - t0, "top1": top1,
+            "mean_top1": sum(top1.values()) / len(top1), "notes": ev["notes"]}
+
+
+def _untrained_gaps(row) -> dict:
+    """Per untrained width: how far below its worse trained neighbour it lands (<= 1 is the target)."""
+    trained = sorted(b for b in row["bits"] if b < 32)
+    gaps = {}
+    for w in range(1, 9):
+        if w in trained:
+            continue
+        lo = [b for b in trained if b < w]
+        hi = [b for b in trained if b > w]
+        if not lo or not hi:
+            continue
+        near = min(row["top1"][_label(lo[-1])], row["top1"][_label(hi[0])])
+        gaps[str(w)] = near - row["top1"][str(w)]
+    return gaps
+
+
+def summarise(rows: dict) -> dict:
+    s = {}
+    for tag in ("{2,4,8}", "{1,2,4,8,32}"):
+        ap, em = rows[f"anyprec {tag}"], rows[f"emq f=0.2 {tag}"]
+        s[tag] = {"time_ratio_anyprec_over_emq": ap["train_s"] / em["train_s"],
+                  "mean_top1_anyprec": ap["mean_top1"], "mean_top1_emq": em["mean_top1"],
+                  "mean_top1_gap": ap["mean_top1"] - em["mean_top1"]}
+    gaps = _untrained_gaps(rows["emq f=0.2 {2,4,8}"])
+    s["emq_untrained_gap_to_neighbours"] = gaps
+    s["targets"] = {
+        "time_ratio_ge_4x": {t: s[t]["time_ratio_anyprec_over_emq"] >= 4 for t in ("{2,4,8}", "{1,2,4,8,32}")},
+        "mean_within_0.5": {t: s[t]["mean_top1_gap"] <= 0.5 for t in ("{2,4,8}", "{1,2,4,8,32}")},
+        "untrained_within_1": all(g <= 1 for g in gaps.values()),
+    }
+    return s
+
+
+def render(doc: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(width=max(Console().width, 150))
+    cfg = doc["config"]
+    t = Table(title=f"EMQ vs anyprec — resnet20 width {cfg['width']}, MNIST {cfg['train_subset']} train "
+                    f"images, {cfg['epochs']} epochs, top-1 on {cfg['test_limit']} test images")
+    t.add_column("run", no_wrap=True)
+    t.add_column("train s", justify="right")
+    for b in ALL_WIDTHS:
+        t.add_column(_label(b), justify="right", no_wrap=True)
+    t.add_column("mean", justify="right")
+    for r in doc["runs"]:
+        t.add_row(r["name"], f"{r['train_s']:.0f}", *(f"{r['top1'][_label(b)]:.2f}" for b in ALL_WIDTHS),
+                  f"{r['mean_top1']:.2f}")
+    con.print(t)
+    s = doc["summary"]
+    for tag in ("{2,4,8}", "{1,2,4,8,32}"):
+        x = s[tag]
+        con.print(f"bits {tag}: anyprec/emq time {x['time_ratio_anyprec_over_emq']:.2f}x (target >= 4x, "
+                  f"limit 5x); mean top-1 anyprec {x['mean_top1_anyprec']:.2f} vs emq "
+                  f"{x['mean_top1_emq']:.2f} (gap {x['mean_top1_gap']:+.2f}, target <= 0.5)")
+    gaps = ", ".join(f"{w}: {g:+.2f}" for w, g in s["emq_untrained_gap_to_neighbours"].items())
+    con.print(f"emq {{2,4,8}} untrained widths, points below the worse trained neighbour: {gaps} (target <= 1)")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small smoke version (~2 min)")
+    p.add_argument("--train-subset", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--width", type=float, help="resnet20 width multiplier")
+    p.add_argument("--test-limit", type=int, help="first N MNIST test images")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--optimizer", default="sgd")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier timings on a shared machine)")
+    p.add_argument("--only", help="comma-separated row numbers to run (1-6), for debugging")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/emq.json"))
+    a = p.parse_args(argv)
+    for k, v in (QUICK if a.quick else FULL).items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
+
+    import torch
+    torch.set_num_threads(a.threads)
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    runs = RUNS if not a.only else [RUNS[int(i) - 1] for i in a.only.split(",")]
+    rows = {}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mbq-bench-emq-") as tmp:
+        for name, method, bits, opts in runs:
+            rows[name] = run_one(name, method, bits, opts, a, Path(tmp), log)
+    cfg = {k: getattr(a, k) for k in ("train_subset", "epochs", "width", "test_limit", "batch_size",
+                                       "optimizer", "lr", "seed", "device", "threads", "quick")}
+    doc = {"config": dict(cfg, arch="resnet20", dataset="mnist", torch=torch.__version__),
+           "runs": list(rows.values()), "total_s": time.perf_counter() - t0}
+    if len(rows) == len(RUNS):
+        doc["summary"] = summarise(rows)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    from mbq.core._atomic import atomic_write_text
+    atomic_write_text(a.out, json.dumps(doc, indent=2))
+    if "summary" in doc:
+        render(doc)
+    log(f"wrote {a.out} ({doc['total_s']:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

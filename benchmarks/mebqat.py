@@ -1,0 +1,256 @@
+"""MEBQAT benchmark (issue 5): one run, three measurements.
+
+1. One ``mebqat`` model against dedicated ``qat`` models at W=A in {2, 4, 8}
+   and FP (same model, data, epochs, optimizer): top-1 of each at every
+   W=A in {2..8, 16, FP} on the MNIST test set.
+2. Backward passes per step and wall-clock per step of ``mebqat`` against
+   ``anyprec`` over the same candidate widths (measured on the same batch).
+3. Few-shot: ``mebqat-pn`` against ``protonet`` (FP) and ``qat-pn`` (W4A4),
+   4-way 1-shot on MNIST digits 6-9 (meta-trained on 0-5), mean accuracy and
+   95% CI at every W=A pair, and a summary over all 73 valid pairs.
+
+    python benchmarks/mebqat.py            # 19.5 min measured on a shared 2-core machine (load 4-8)
+    python benchmarks/mebqat.py --quick    # small figures; 6.5 min measured under the same load
+    python benchmarks/mebqat.py --json > mebqat.json
+
+Progress goes to stderr; the tables (or one JSON document) to stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+WIDTHS = [2, 3, 4, 5, 6, 7, 8, 16, 32]  # W=A columns; 32 = FP
+CANDIDATES = "2,3,4,5,6,7,8,16,32"
+DEDICATED = [2, 4, 8, 32]
+
+FULL = dict(train_subset=10000, epochs=3, batch=128, recal=10, step_reps=10, test_limit=None,
+            fs_epochs=10, fs_episodes=100, fs_eval_diag=200, fs_eval_all=50)
+QUICK = dict(train_subset=1500, epochs=1, batch=128, recal=4, step_reps=3, test_limit=2000,
+             fs_epochs=2, fs_episodes=25, fs_eval_diag=40, fs_eval_all=5)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _label(b: int) -> str:
+    return "fp" if b >= 32 else str(b)
+
+
+def _cfg(method: str, bits: str, out: Path, p: dict, seed: int, optim: dict, options: dict | None = None,
+         data: dict | None = None):
+    from mbq.core.config import TrainConfig
+
+    return TrainConfig.model_validate({
+        "method": method, "bits": bits, "epochs": p["epochs"], "seed": seed, "device": "cpu", "out": str(out),
+        "model": {"arch": "cnn"}, "optim": optim, "options": options or {},
+        "data": dict({"train_subset": p["train_subset"], "val_size": 0, "batch_size": p["batch"]}, **(data or {}))})
+
+
+def _train(cfg) -> dict:
+    from mbq.core.engine import train
+    from mbq.core.methods import create_method
+
+    t0 = time.perf_counter()
+    train(cfg, create_method(cfg))
+    wall = time.perf_counter() - t0
+    lines = Path(str(cfg.out).removesuffix(".safetensors") + ".metrics.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    return {"checkpoint": str(cfg.out), "wall_s": wall, "epoch_wall_s": last["wall_s"], "steps": last["steps"]}
+
+
+# --- 1. one mebqat model vs dedicated qat models --------------------------------------------------
+
+def multiwidth(p: dict, out: Path, seed: int) -> dict:
+    from mbq.core.evaluate_checkpoint import evaluate_checkpoint
+
+    adamw = {"optimizer": "adamw", "lr": 1e-3}
+    runs = {"mebqat": _cfg("mebqat", CANDIDATES, out / "mebqat.safetensors", p, seed, adamw,
+                           {"recal_batches": p["recal"]})}
+    for b in DEDICATED:
+        runs[f"qat-{_label(b)}"] = _cfg("qat", str(b), out / f"qat{b}.safetensors", p, seed, adamw)
+    table, train_info = {}, {}
+    pairs = [(b, b) for b in WIDTHS]
+    for name, cfg in runs.items():
+        log(f"train {name} ({cfg.data.train_subset} images, {cfg.epochs} epochs)")
+        train_info[name] = _train(cfg)
+        # the dedicated models get the same per-width BN re-estimation mebqat does
+        recal = 0 if name == "mebqat" else p["recal"]
+        log(f"eval {name} at W=A {','.join(map(_label, WIDTHS))}")
+        res = evaluate_checkpoint(cfg.out, pairs=pairs, recalibrate_bn=recal, device="cpu", seed=seed,
+                                  limit=p["test_limit"])
+        table[name] = {r["label"]: r["top1"] for r in res["results"]}
+    gaps = {_label(b): table["mebqat"][_label(b)] - table[f"qat-{_label(b)}"][_label(b)] for b in DEDICATED}
+    away = {}
+    for b in DEDICATED:
+        own = f"qat-{_label(b)}"
+        others = [w for w in WIDTHS if w != b]
+        away[own] = {"mebqat_minus_dedicated_min": min(table["mebqat"][_label(w)] - table[own][_label(w)]
+                                                       for w in others),
+                     "dedicated_worst": min(table[own][_label(w)] for w in others)}
+    return {"top1": table, "mebqat_minus_dedicated_at_own_width": gaps, "away_from_own_width": away,
+            "train": train_info}
+
+
+# --- 2. backward passes and step time vs anyprec -----------------------------------------------------
+
+def step_cost(p: dict, seed: int) -> dict:
+    import torch
+
+    from mbq.core.data import BatchLoader, create_dataset
+    from mbq.core.methods import create_method
+
+    train, _ = create_dataset("mnist")
+    batch = next(iter(BatchLoader(train, p["batch"], shuffle=True, seed=seed)))
+    out = {}
+    for method, extra in (("mebqat", {}), ("anyprec", {})):
+        cfg = _cfg(method, CANDIDATES, Path("unused.safetensors"), p, seed, {"optimizer": "adamw", "lr": 1e-3},
+                   extra)
+        cfg.model.num_classes, cfg.model.in_channels, cfg.model.image_size = 10, 1, 28
+        m = create_method(cfg)
+        torch.manual_seed(seed)
+        model = m.build_model()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        calls = [0]
+
+        def backward(loss, calls=calls):
+            calls[0] += 1
+            loss.backward()
+
+        ctx = SimpleNamespace(model=model, autocast=contextlib.nullcontext, backward=backward, optimizer=opt)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            m.train_step(ctx, batch)
+            m.before_optimizer_step(ctx)
+            opt.step()
+
+        step()
+        step()  # warm-up (allocations, LSQ-free here)
+        calls[0] = 0
+        t0 = time.perf_counter()
+        for _ in range(p["step_reps"]):
+            step()
+        dt = (time.perf_counter() - t0) / p["step_reps"]
+        out[method] = {"backward_passes_per_step": calls[0] / p["step_reps"], "step_s": dt}
+        log(f"{method}: {out[method]['backward_passes_per_step']:.0f} backward passes, {dt * 1000:.0f} ms/step")
+    out["wall_clock_ratio_mebqat_over_anyprec"] = out["mebqat"]["step_s"] / out["anyprec"]["step_s"]
+    n_pairs = 73
+    out["paper_style"] = {"candidate_pairs": n_pairs, "mebqat_backward_per_step": 4,
+                          "backprop_saving_vs_all_pairs_pct": 100 * (1 - 4 / n_pairs),
+                          "backprop_saving_vs_anyprec_widths_pct":
+                              100 * (1 - out["mebqat"]["backward_passes_per_step"]
+                                     / out["anyprec"]["backward_passes_per_step"])}
+    return out
+
+
+# --- 3. few-shot ----------------------------------------------------------------------------------------
+
+def fewshot(p: dict, out: Path, seed: int) -> dict:
+    from mbq.core.bitpairs import valid_pairs
+    from mbq.core.evaluate_checkpoint import evaluate_checkpoint
+
+    adam = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0}
+    q = dict(p, epochs=p["fs_epochs"], train_subset=None)
+    opts = {"ways": 4, "shots": 1, "queries": 15, "episodes_per_epoch": p["fs_episodes"], "test_episodes": 10}
+    runs = {"mebqat-pn": _cfg("mebqat-pn", CANDIDATES, out / "mebqat_pn.safetensors", q, seed, adam, opts),
+            "protonet": _cfg("protonet", "32", out / "protonet.safetensors", q, seed, adam, opts),
+            "qat-pn(w4a4)": _cfg("qat-pn", "4", out / "qat_pn.safetensors", q, seed, adam, opts)}
+    all_pairs = valid_pairs([2, 3, 4, 5, 6, 7, 8, 16, 32])
+    diag, summary, train_info = {}, {}, {}
+    for name, cfg in runs.items():
+        log(f"train {name} ({cfg.epochs} epochs x {p['fs_episodes']} episodes, 4-way 1-shot on digits 0-5)")
+        train_info[name] = _train(cfg)
+        log(f"eval {name}: {p['fs_eval_diag']} episodes at each W=A, {p['fs_eval_all']} at each of the 73 pairs")
+        res = evaluate_checkpoint(cfg.out, pairs=[(b, b) for b in WIDTHS], episodes=p["fs_eval_diag"],
+                                  ways=4, shots=1, queries=15, device="cpu", seed=seed)
+        diag[name] = {r["label"]: {"acc": r["top1"], "ci95": r["ci95"]} for r in res["results"]}
+        res = evaluate_checkpoint(cfg.out, pairs=all_pairs, episodes=p["fs_eval_all"], ways=4, shots=1,
+                                  queries=15, device="cpu", seed=seed)
+        accs = [r["top1"] for r in res["results"]]
+        worst = min(res["results"], key=lambda r: r["top1"])
+        summary[name] = {"pairs": len(accs), "mean": sum(accs) / len(accs), "min": worst["top1"],
+                         "min_at": worst["label"]}
+    return {"diag": diag, "all_pairs": summary, "train": train_info, "episodes_diag": p["fs_eval_diag"],
+            "episodes_all": p["fs_eval_all"]}
+
+
+# --- rendering --------------------------------------------------------------------------------------------
+
+def render(doc: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(soft_wrap=True, width=max(Console().width, 200))  # wide tables, also when piped
+    mw = doc["multiwidth"]
+    n_test = doc["setup"]["test_limit"] or 10000
+    t = Table(title=f"MNIST test top-1 % at W=A (cnn, {doc['setup']['train_subset']} train images, "
+                    f"{doc['setup']['epochs']} epochs, AdamW 1e-3; {n_test} test images)")
+    t.add_column("model")
+    for b in WIDTHS:
+        t.add_column(_label(b), justify="right")
+    for name, row in mw["top1"].items():
+        t.add_row(name, *[f"{row[_label(b)]:.2f}" for b in WIDTHS])
+    con.print(t)
+    con.print("mebqat - dedicated at the dedicated width: " + ", ".join(
+        f"{k}: {v:+.2f}" for k, v in mw["mebqat_minus_dedicated_at_own_width"].items()))
+    con.print("away from its own width, worst dedicated top-1 / smallest mebqat lead: " + ", ".join(
+        f"{k}: {v['dedicated_worst']:.2f} / {v['mebqat_minus_dedicated_min']:+.2f}"
+        for k, v in mw["away_from_own_width"].items()))
+    sc = doc["step_cost"]
+    con.print(f"backward passes per step: mebqat {sc['mebqat']['backward_passes_per_step']:.0f}, anyprec "
+              f"{sc['anyprec']['backward_passes_per_step']:.0f} (widths {CANDIDATES}); step time "
+              f"{sc['mebqat']['step_s'] * 1000:.0f} ms vs {sc['anyprec']['step_s'] * 1000:.0f} ms "
+              f"(ratio {sc['wall_clock_ratio_mebqat_over_anyprec']:.2f}); vs back-propagating all "
+              f"{sc['paper_style']['candidate_pairs']} pairs: "
+              f"{sc['paper_style']['backprop_saving_vs_all_pairs_pct']:.1f}% fewer")
+    fs = doc["fewshot"]
+    t = Table(title=f"4-way 1-shot on MNIST 6-9: mean query accuracy % ± 95% CI "
+                    f"({fs['episodes_diag']} episodes per pair)")
+    t.add_column("model")
+    for b in WIDTHS:
+        t.add_column(_label(b), justify="right")
+    t.add_column(f"73 pairs mean / min ({fs['episodes_all']} ep.)", justify="right")
+    for name, row in fs["diag"].items():
+        s = fs["all_pairs"][name]
+        t.add_row(name, *[f"{row[_label(b)]['acc']:.1f}±{row[_label(b)]['ci95']:.1f}" for b in WIDTHS],
+                  f"{s['mean']:.1f} / {s['min']:.1f} ({s['min_at']})")
+    con.print(t)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small figures, a few minutes")
+    ap.add_argument("--out-dir", type=Path, default=Path("runs/bench-mebqat"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: shared machines)")
+    ap.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    p = QUICK if args.quick else FULL
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    doc = {"setup": dict(p, quick=args.quick, seed=args.seed, threads=args.threads, arch="cnn",
+                         dataset="mnist", candidates=CANDIDATES)}
+    doc["multiwidth"] = multiwidth(p, args.out_dir, args.seed)
+    doc["step_cost"] = step_cost(p, args.seed)
+    doc["fewshot"] = fewshot(p, args.out_dir, args.seed)
+    doc["wall_s"] = time.perf_counter() - t0
+    (args.out_dir / "results.json").write_text(json.dumps(doc, indent=2))
+    log(f"done in {doc['wall_s']:.0f}s; results in {args.out_dir / 'results.json'}")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        render(doc)
+
+
+if __name__ == "__main__":
+    main()
