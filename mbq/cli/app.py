@@ -11,7 +11,9 @@ from typer.core import TyperGroup
 from . import eval as _eval
 from . import export as _export
 from . import info as _info
+from . import prune as _prune
 from . import select_coreset as _select_coreset
+from . import sensitivity as _sensitivity
 from . import train as _train
 
 
@@ -80,6 +82,8 @@ _eval.register(app)
 _info.register(app)
 _export.register(app)
 _select_coreset.register(app)
+_sensitivity.register(app)
+_prune.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
