@@ -4,7 +4,7 @@ import pytest
 import torch
 
 # Tests are small; one thread avoids oversubscribing the 2-core CI machine.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -112,6 +112,7 @@ def test_roundclamp_coarse_grid_is_fine_grid_with_zero_lsbs(n, k):
 
 
 def test_lsb_residual_range_and_penalty_gradient():
+    torch.manual_seed(0)
     w = torch.randn(1000, requires_grad=True)
     s = w.detach().abs().max()
     for k in (1, 2):
@@ -119,7 +120,8 @@ def test_lsb_residual_range_and_penalty_gradient():
         # |L_k| <= 2^(k-1), except at the clamped top code (2^(n-1)-1 has all LSBs set).
         top = F.roundclamp_codes(w, 6, s) == 2 ** 5 - 1
         assert res[~top].abs().max() <= 2 ** (k - 1)
-        assert res[top].abs().max() <= 2 ** k - 1
+        if top.any():
+            assert res[top].abs().max() <= 2 ** k - 1
         w.grad = None
         F.lsb_penalty(w, 6, k, s).backward()
         assert torch.equal(w.grad, torch.sign(res))

@@ -61,14 +61,18 @@ def dorefa_weight(w: torch.Tensor, bits: int, fp_path: str = "tanh") -> torch.Te
 
 
 class _ClampQuant(torch.autograd.Function):
-    """q_b(clamp(x, 0, 1)): PyTorch's fused fake-quant kernel forward, and a
-    clamp mask backward (the kernel's own mask leaks half a step past [0, 1],
-    a whole unit at 1 bit)."""
+    """q_b(clamp(x, 0, 1)) with the clamp's gradient mask.
+
+    Written as clamp + in-place mul/round/div: on CPU this is several times
+    faster than torch's fused fake-quant kernel, whose mask also leaks half
+    a step past [0, 1]. The mask is "clamp left x unchanged": one compare.
+    """
 
     @staticmethod
     def forward(ctx, x, levels):
-        ctx.save_for_backward((x >= 0) & (x <= 1))
-        return torch.fake_quantize_per_tensor_affine(x, 1.0 / levels, 0, 0, levels)
+        c = x.clamp(0, 1)
+        ctx.save_for_backward(c == x)
+        return c.mul_(levels).round_().div_(levels)
 
     @staticmethod
     def backward(ctx, grad):
