@@ -6,6 +6,8 @@ Policies: ``fp`` (vanilla FOMAML / ProtoNet), ``fixed`` (QAT + FOMAML / PN at
 """
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import random
 
 from torch import nn
@@ -42,17 +44,17 @@ class FewShotMethod(Method):
         self._samplers: dict = {}
 
     # --- subclass hooks ----------------------------------------------------------------
+    @abstractmethod
     def out_features(self) -> int:
         """Width of the network's last layer (classifier head or embedding)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def episode_score(self, model: nn.Module, ep) -> float:
         """Query accuracy (percent) of one episode at the model's current setting."""
-        raise NotImplementedError
 
+    @abstractmethod
     def epoch_items(self, ctx, g, rng):
         """The items of one epoch, each passed to ``train_step``."""
-        raise NotImplementedError
 
     # --- model -------------------------------------------------------------------------
     def quant_config(self) -> QuantConfig:
