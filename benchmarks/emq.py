@@ -8,7 +8,8 @@ Measures (issue 3):
   * ablations: EMQ without WBC, EMQ without coreset (fraction 1.0).
 
     python benchmarks/emq.py            # the full run (~10-15 min on 2 shared cores)
-    python benchmarks/emq.py --quick    # ~2 min smoke version
+    python benchmarks/emq.py --quick    # ~1-2 min smoke version: checks the pipeline,
+                                        # its accuracies are near chance and mean nothing
 
 Training time is the time from the engine's start event to the last epoch's end:
 every training step, the warm-up, the per-bit scoring and the per-epoch checkpoint
@@ -150,7 +151,7 @@ def render(doc: dict) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="small smoke version (~2 min)")
+    p.add_argument("--quick", action="store_true", help="small smoke version (~1-2 min; figures not meaningful)")
     p.add_argument("--train-subset", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--width", type=float, help="resnet20 width multiplier")

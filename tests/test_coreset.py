@@ -6,12 +6,10 @@ import json
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
-from mbq.cli.app import app, main
+from mbq.cli.app import main
 from mbq.core.coreset.sampling import draw_subset, overlap, subset_size
 
-runner = CliRunner()
 SMALL = ["--arch", "cnn", "--train-subset", "512", "--val-size", "0", "--batch-size", "64",
          "--optimizer", "adam", "--lr", "0.003", "--device", "cpu", "--quiet"]
 

@@ -32,8 +32,6 @@ def select_coreset(checkpoint: str | Path, out: str | Path, *, bits: list[int] |
     --val-size, --train-subset, --seed), so a later ``mbq train --coreset``
     with the same data flags indexes the same images.
     """
-    import torch
-
     from ..checkpoint import load_checkpoint
     from ..config import TrainConfig
     from ..data import BatchLoader

@@ -3,7 +3,6 @@ the widths they may be evaluated at, and the distillation loss."""
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
 from ..config import QuantConfig
 from ..errors import MbqError

@@ -7,11 +7,9 @@ one optimizer step. See docs/emq.md and shared/methods/EMQ.md.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from ..coreset.bitwise import BitwiseCoreset
@@ -36,20 +34,6 @@ class _ChildStreams:
         bits = list(self.loaders)
         for batches in zip(*(self.loaders[b] for b in bits)):
             yield dict(zip(bits, batches))
-
-
-@contextlib.contextmanager
-def _frozen_bn_stats(model: nn.Module, frozen: bool):
-    """BatchNorm keeps normalising with batch statistics but stops updating its running ones."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if frozen else []
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
-    try:
-        yield
-    finally:
-        for m, mom in zip(bns, saved):
-            m.momentum = mom
 
 
 class EMQMethod(MultiBitMethod):
@@ -159,7 +143,7 @@ class EMQMethod(MultiBitMethod):
                 return None
             tb = min(higher)
         set_bits(ctx.model, tb, self.cfg.act_bits_for(tb))
-        with torch.no_grad(), ctx.autocast(), _frozen_bn_stats(ctx.model, self.opts.bn_stats == "top"):
+        with torch.no_grad(), ctx.autocast():
             return ctx.model(x).detach()
 
     def train_step(self, ctx, item) -> dict[str, float]:
@@ -171,8 +155,7 @@ class EMQMethod(MultiBitMethod):
             batch = item[b]
             teacher = self._teacher(ctx, b, batch.x)
             set_bits(model, b, self.cfg.act_bits_for(b))
-            frozen = self.opts.bn_stats == "top" and b != self.bits_desc[0]
-            with ctx.autocast(), _frozen_bn_stats(model, frozen):
+            with ctx.autocast():
                 logits = model(batch.x)
                 loss = F.cross_entropy(logits, batch.y)
                 if teacher is not None:

@@ -25,9 +25,6 @@ class EMQOptions(MultiBitOptions):
                              "every quantized width (one shared BN fits all widths) or pass unchanged")
     wbc_detach: bool = Field(False, description="treat the WBC statistics as constants in backward")
     wbc_per_channel: bool = Field(True, description="WBC statistics per output channel (else per tensor)")
-    bn_stats: Literal["all", "top"] = Field(
-        "all", description="which children update the shared BN running statistics: all, or only "
-                           "the highest trained width (others still normalise with batch statistics)")
     kd: Literal["none", "fp", "recursive"] = Field(
         "none", description="add soft cross-entropy from the FP path (fp) or the next-higher "
                             "trained width (recursive), computed on each child's own batch")
