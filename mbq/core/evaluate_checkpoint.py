@@ -22,6 +22,21 @@ def _pair_error(cfg, w: int, a: int) -> MbqError:
                     "--pairs all evaluates every pair it answers at")
 
 
+def datasets_for(meta: dict, cfg, dataset: str | None, data_dir: str | None):
+    """(name, train, test) for evaluating a model: its recorded dataset unless
+    another is named; MbqError if the data does not fit the model's shape."""
+    from .data import create_dataset
+
+    name = dataset or cfg.data.name
+    ddir = data_dir or (str(cfg.data.data_dir) if cfg.data.data_dir else None)
+    train, test = create_dataset(name, data_dir=ddir, image_size=cfg.data.image_size)
+    shape = (test.in_channels, test.image_size, test.num_classes)
+    want = (meta["mbq.in_channels"], meta["mbq.image_size"], meta["mbq.num_classes"])
+    if shape != want:
+        raise MbqError(f"dataset {name} has (channels, size, classes) {shape} but the model expects {want}")
+    return name, train, test
+
+
 def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]] | str | None = None,
                         dataset: str | None = None, data_dir: str | None = None,
                         batch_size: int = 1000, limit: int | None = None, recalibrate_bn: int = 0,
@@ -35,7 +50,7 @@ def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]]
 
     from .checkpoint import load_checkpoint
     from .config import TrainConfig
-    from .data import BatchLoader, create_dataset
+    from .data import BatchLoader
     from .engine import resolve_device, seed_everything
     from .evaluate import evaluate, recalibrate_bn as recal
     from .methods import create_method
@@ -47,13 +62,7 @@ def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]]
     model, meta = load_checkpoint(path, dev)
     cfg = TrainConfig.model_validate(meta["mbq.config"])
     method = create_method(cfg)
-    name = dataset or cfg.data.name
-    ddir = data_dir or (str(cfg.data.data_dir) if cfg.data.data_dir else None)
-    train, test = create_dataset(name, data_dir=ddir, image_size=cfg.data.image_size)
-    shape = (test.in_channels, test.image_size, test.num_classes)
-    want = (meta["mbq.in_channels"], meta["mbq.image_size"], meta["mbq.num_classes"])
-    if shape != want:
-        raise MbqError(f"dataset {name} has (channels, size, classes) {shape} but the model expects {want}")
+    name, train, test = datasets_for(meta, cfg, dataset, data_dir)
     notes: list[str] = []
     episodic = getattr(method, "episodic", False)
     if not episodic and any(v is not None for v in (episodes, ways, shots, queries)):

@@ -39,7 +39,8 @@ def evaluate_exported(path: str | Path, fmt: str, *, dataset: str | None = None,
     import torch
 
     from ..config import TrainConfig
-    from ..data import BatchLoader, create_dataset
+    from ..data import BatchLoader
+    from ..evaluate_checkpoint import datasets_for
     from ..engine import seed_everything
     from ..evaluate import evaluate
     from ..quant import compression_ratio
@@ -48,13 +49,7 @@ def evaluate_exported(path: str | Path, fmt: str, *, dataset: str | None = None,
     seed_everything(seed)
     model, meta, dev = load_exported(path, fmt, device)
     cfg = TrainConfig.model_validate(meta["mbq.config"])
-    name = dataset or cfg.data.name
-    ddir = data_dir or (str(cfg.data.data_dir) if cfg.data.data_dir else None)
-    _, test = create_dataset(name, data_dir=ddir, image_size=cfg.data.image_size)
-    shape = (test.in_channels, test.image_size, test.num_classes)
-    want = (meta["mbq.in_channels"], meta["mbq.image_size"], meta["mbq.num_classes"])
-    if shape != want:
-        raise MbqError(f"dataset {name} has (channels, size, classes) {shape} but the model expects {want}")
+    name, _, test = datasets_for(meta, cfg, dataset, data_dir)
     test = test.to(dev)
     if limit is not None:
         test = test.subset(torch.arange(min(limit, len(test))))
