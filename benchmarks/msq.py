@@ -9,7 +9,7 @@ Measures (issue 4):
   * sensitivity time for 64 shared probes against a loop giving every layer its own
     probes (target: >= 5x faster, equal values in expectation).
 
-    python benchmarks/msq.py            # full run (~10-15 min on 2 shared cores)
+    python benchmarks/msq.py --out benchmarks/results/msq.json   # full run (~20 min on 2 cores)
     python benchmarks/msq.py --quick    # ~2 min smoke version
 
 Memory: each method's steps run in a fresh process; CPU reports the rise of the
@@ -32,11 +32,12 @@ from pathlib import Path
 # resources and sensitivity at resnet20 width 1 (the paper's model); the three training
 # runs at width 0.5 so that they fit the time budget on 2 shared CPU cores
 FULL = {"arch": "resnet20", "width": 1.0, "batch": 128, "warmup": 2, "steps": 6, "repeats": 2,
-        "train_width": 0.5, "train_subset": 6000, "epochs": 10, "val_size": 500, "probes": 64,
-        "sens_batch": 32, "loop_probes": 2, "hessian_probes": 4, "threads": 1}
+        "train_width": 0.5, "train_subset": 12000, "epochs": 10, "val_size": 500, "probes": 64,
+        "sens_batch": 32, "loop_probes": 2, "hessian_probes": 4, "threads": 2,
+        "small_batch": 16}
 QUICK = {"arch": "resnet20", "width": 0.25, "batch": 64, "warmup": 1, "steps": 3, "repeats": 1,
          "train_width": 0.25, "train_subset": 512, "epochs": 2, "val_size": 100, "probes": 16,
-         "sens_batch": 16, "loop_probes": 2, "hessian_probes": 2, "threads": 1}
+         "sens_batch": 16, "loop_probes": 2, "hessian_probes": 2, "threads": 1, "small_batch": 8}
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -262,7 +263,8 @@ def _summary(doc: dict) -> str:
         f"peak RSS rise      msq {r['msq']['peak_rise_mb']:.0f} MB  bsq {r['bsq']['peak_rise_mb']:.0f} MB  "
         f"ratio {r['peak_rise_ratio']:.2f}x",
         f"step time          msq {r['msq']['step_s_median'] * 1e3:.0f} ms  bsq {r['bsq']['step_s_median'] * 1e3:.0f} ms  "
-        f"ratio {r['step_time_ratio']:.2f}x",
+        f"ratio {r['step_time_ratio']:.2f}x; at batch {doc['resources_small_batch']['batch']}: "
+        f"{doc['resources_small_batch']['step_time_ratio']:.2f}x",
         f"C=16 ({doc['params']['epochs']} epochs, {doc['params']['train_subset']} images): fp {a['fp']['top1']:.2f}%  "
         f"msq {hk['top1']:.2f}% at {hk['compression']:.2f}x (gap {a['gap_to_fp']:.2f})",
         f"ablation           hessian k: target at epoch {hk['reached_epoch']}, {hk['top1']:.2f}%;  "
@@ -276,6 +278,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="~2 min smoke version")
     ap.add_argument("--out", type=Path, help="write the JSON results here")
+    ap.add_argument("--only", help="comma-separated parts to (re)run: resources, accuracy, sensitivity; "
+                                   "the others are kept from --out")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--params", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -286,12 +290,29 @@ def main() -> None:
     import torch
     torch.set_num_threads(p["threads"])
     t0 = time.perf_counter()
+    parts = set(args.only.split(",")) if args.only else {"resources", "accuracy", "sensitivity"}
+    doc = {}
+    if args.only:
+        if not (args.out and args.out.exists()):
+            raise SystemExit("--only needs --out FILE with the results of a full run to update")
+        doc = json.loads(args.out.read_text())
+    doc["params"] = p
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        doc = {"params": p, "resources": resources(p)}
-        doc["accuracy"] = accuracy(p, tmp)
-        doc["sensitivity"] = sensitivity(p)
-    doc["wall_s"] = time.perf_counter() - t0
+        if "resources" in parts:
+            doc["resources"] = resources(p)
+            # where parameter-side work weighs more than activations (small batch, as on a large
+            # model per device), the bit-plane overhead shows; reported beside the batch above
+            small = resources(dict(p, batch=p["small_batch"]))
+            doc["resources_small_batch"] = {"batch": p["small_batch"],
+                                            "step_time_ratio": small["step_time_ratio"],
+                                            "msq_step_s": small["msq"]["step_s_median"],
+                                            "bsq_step_s": small["bsq"]["step_s_median"]}
+        if "accuracy" in parts:
+            doc["accuracy"] = accuracy(p, tmp)
+        if "sensitivity" in parts:
+            doc["sensitivity"] = sensitivity(p)
+    doc["wall_s" if not args.only else f"wall_s_{args.only}"] = time.perf_counter() - t0
     if args.out:
         args.out.write_text(json.dumps(doc, indent=2))
     print(json.dumps(doc, indent=2))

@@ -184,3 +184,13 @@ def test_help_does_not_import_torch():
     assert p.stdout.strip() == "False"
     p = subprocess.run([sys.executable, "-m", "mbq", "--help"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and "train" in p.stdout
+
+
+def test_cli_reference_doc_is_current():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "gen_cli_md.py"
+    res = subprocess.run([sys.executable, str(tool), "--check"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

@@ -52,6 +52,13 @@ def emq_ckpt(tmp_path_factory, small_test_set):
     return out, doc
 
 
+def test_info_shows_the_coreset_settings(emq_ckpt, capsys):
+    code, out, _ = _main(capsys, ["info", str(emq_ckpt[0])])
+    assert code == 0
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith("coreset"))
+    assert "fraction=0.5" in line and "warmup_data=subset" in line and "child_loss=mean" in line
+
+
 # --- weight bias correction ----------------------------------------------------------------
 
 def _channel_stats(w):
@@ -210,7 +217,69 @@ def test_resume_mid_run_reproduces_the_coreset_draws(tmp_path, small_test_set):
     tb, _ = read_checkpoint(b_out)
     assert all(torch.equal(ta[k], tb[k]) for k in ta)  # the whole run is reproduced
     lines = [json.loads(s) for s in b_out.with_name("b.metrics.jsonl").read_text().splitlines()]
+    assert [m["coreset_size"] for m in lines] == [64, 64, 64]  # warm-up on random subsets
+
+
+def test_full_data_warmup_trains_on_everything_first(tmp_path, small_test_set):
+    out = tmp_path / "f.safetensors"
+    cfg = _cfg(out)
+    cfg.options["coreset_warmup_data"] = "full"
+    _run(cfg)
+    lines = [json.loads(s) for s in out.with_name("f.metrics.jsonl").read_text().splitlines()]
     assert [m["coreset_size"] for m in lines] == [256, 64, 64]
+
+
+def test_warmup_subsets_are_uniform_per_width_and_seeded():
+    from mbq.core.coreset.bitwise import BitwiseCoreset
+
+    def make():
+        return BitwiseCoreset([2, 4], 1000, fraction=0.2, score="el2n", sampling="weighted", seed=3,
+                              warmup=2, warmup_data="subset")
+
+    a, b = make(), make()
+    d0, d1 = a.draw(0), a.draw(1)
+    assert all(d0[w].numel() == 200 and d0[w].unique().numel() == 200 for w in (2, 4))
+    assert not torch.equal(d0[2], d0[4]) and not torch.equal(d0[2], d1[2])
+    assert all(torch.equal(d0[w], b.draw(0)[w]) for w in (2, 4))
+    assert not a.needs_scores(1) and a.needs_scores(2)  # scored once the warm-up ends
+
+
+@pytest.mark.parametrize("mode, factor", [("mean", 0.5), ("sum", 1.0)])
+def test_child_loss_mean_divides_the_summed_gradient(mode, factor):
+    from mbq.core.config import TrainConfig
+    from mbq.core.data import Batch
+    from mbq.core.methods import create_method
+    from mbq.core.models import create_model
+    from mbq.core.quant import quantize_model
+
+    cfg = TrainConfig(method="emq", bits=[2, 4], model={"arch": "cnn"},
+                      options={"coreset_fraction": 1.0, "child_loss": mode})
+    method = create_method(cfg)
+    torch.manual_seed(0)
+    model = quantize_model(create_model("cnn"),
+                           method.quant_config())
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    batch = Batch(x, y, torch.arange(8))
+
+    class Ctx:
+        def __init__(self):
+            self.model = model
+        def autocast(self):
+            import contextlib
+            return contextlib.nullcontext()
+        def backward(self, loss):
+            loss.backward()
+
+    method.coreset = type("C", (), {"observe": lambda *a: None})()
+    method.train_step(Ctx(), {2: batch, 4: batch})
+    got = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    for b in (4, 2):  # the plain sum of both widths' cross-entropies
+        from mbq.core.quant import set_bits
+        set_bits(model, b, b)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    want = [p.grad for p in model.parameters() if p.grad is not None]
+    assert all(torch.allclose(g, factor * w, atol=1e-6) for g, w in zip(got, want))
 
 
 # --- bad input ----------------------------------------------------------------------------------

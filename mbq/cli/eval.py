@@ -22,7 +22,7 @@ def eval_cmd(
     queries: Annotated[Optional[int], typer.Option(help="Few-shot: query images per class (default: as trained).")] = None,
     dataset: Annotated[Optional[str], typer.Option("--data", "--dataset", help="Evaluate on another dataset than the checkpoint's.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset folder (default: the one used in training).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 256,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate on the first N test images only.")] = None,
     recalibrate_bn: Annotated[int, typer.Option(help="Re-estimate BN statistics on N training batches first.")] = 0,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of top-1 against bit-width (needs mbq[plot]).")] = None,

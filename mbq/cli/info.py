@@ -33,6 +33,10 @@ def info(checkpoint: CkptArg, json_out: JsonOpt = False, quiet: QuietOpt = False
         epochs = sorted({h["epoch"] for h in hist if "epoch" in h})
         when = f" in epochs {epochs[0]}-{epochs[-1]}" if epochs else ""
         con.print(f"[bold]{'pruning':>13}[/]  {len(hist)} steps{when} (--json for each)", highlight=False)
+    for k, v in (doc.get("extra") or {}).items():  # method settings, e.g. emq's coreset
+        if k != "prune_history" and isinstance(v, dict):
+            text = ", ".join(f"{a}={b}" for a, b in v.items() if b is not None)
+            con.print(f"[bold]{k:>13}[/]  {text}", highlight=False)
     t = Table(title="per-layer precision")
     for col in ("layer", "kind", "params", "w bits", "a bits"):
         t.add_column(col, justify="right" if col != "layer" else "left")

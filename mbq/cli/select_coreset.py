@@ -16,7 +16,7 @@ def select_coreset_cmd(
     fraction: Annotated[float, typer.Option(help="Fraction of the training set each width keeps, in (0, 1].")] = 0.2,
     score: Annotated[str, typer.Option(help="el2n, grand, entropy or random.")] = "el2n",
     sampling: Annotated[str, typer.Option(help="weighted (prop. to score), topk or random.")] = "weighted",
-    batch_size: Annotated[int, typer.Option(help="Scoring batch size.")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Scoring batch size.")] = 256,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     device: DeviceOpt = "auto",

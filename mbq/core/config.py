@@ -66,7 +66,7 @@ class DataConfig(_Strict):
     train_subset: int | None = Field(None, ge=1, description="use only N training images")
     val_size: int = Field(5000, ge=0, description="held-out validation images taken from train")
     batch_size: int = Field(128, ge=1)
-    eval_batch_size: int = Field(1000, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
     augment: bool = True
 
 

@@ -39,7 +39,7 @@ def datasets_for(meta: dict, cfg, dataset: str | None, data_dir: str | None):
 
 def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]] | str | None = None,
                         dataset: str | None = None, data_dir: str | None = None,
-                        batch_size: int = 1000, limit: int | None = None, recalibrate_bn: int = 0,
+                        batch_size: int = 256, limit: int | None = None, recalibrate_bn: int = 0,
                         device: str = "auto", seed: int = 0, all_requested: bool = False,
                         episodes: int | None = None, ways: int | None = None,
                         shots: int | None = None, queries: int | None = None) -> dict:

@@ -16,14 +16,20 @@ from .sampling import draw_subset, overlap, subset_size
 class BitwiseCoreset:
     """Per-bit subsets of an ``n``-sample training set.
 
-    Epochs before ``start`` train on the full data (the warm-up); from
-    ``start`` on, child ``b`` trains on ``draw(epoch)[b]``. With a coreset
+    Epochs before ``start`` are the warm-up: on the full data
+    (``warmup_data="full"``) or, at the coreset's cost, on a uniform random
+    subset per child (``"subset"``). From ``start`` on, child ``b`` trains on
+    ``draw(epoch)[b]``. With a coreset
     file, ``start`` is 0, the file's scores are used and its selection is
     the first epoch's subset.
     """
 
     def __init__(self, bits: list[int], n: int, *, fraction: float, score: str, sampling: str,
-                 seed: int, warmup: int, rescore_every: int = 0, file: CoresetFile | None = None):
+                 seed: int, warmup: int, rescore_every: int = 0, file: CoresetFile | None = None,
+                 warmup_data: str = "full"):
+        if warmup_data not in ("full", "subset"):
+            raise ValueError(f"unknown warm-up data {warmup_data!r} (full or subset)")
+        self.warmup_data = warmup_data
         self.bits, self.n = list(bits), int(n)
         self.fraction, self.score, self.sampling = fraction, score, sampling
         self.seed, self.rescore_every = int(seed), int(rescore_every)
@@ -68,11 +74,15 @@ class BitwiseCoreset:
     # --- draws ---------------------------------------------------------------------
     def draw(self, epoch: int) -> dict[int, torch.Tensor | None]:
         """Each child's subset for ``epoch`` (None = the full data)."""
-        if not self.active(epoch):
+        if not self.enabled or (not self.active(epoch) and self.warmup_data == "full"):
             return {b: None for b in self.bits}
         if self.subset_epoch == epoch and self.subsets:
             return dict(self.subsets)
-        if epoch == self.start and self.first:
+        if not self.active(epoch):  # warm-up at the coreset's cost: uniform draws, no scores yet
+            uniform = torch.ones(self.n)
+            subsets = {b: draw_subset(uniform, self.fraction, "random", seed=self.seed, epoch=epoch, bit=b)
+                       for b in self.bits}
+        elif epoch == self.start and self.first:
             subsets = dict(self.first)
         else:
             subsets = {b: draw_subset(self.scores[b], self.fraction, self.sampling, seed=self.seed,
@@ -111,7 +121,7 @@ class BitwiseCoreset:
 
     def summary(self, epoch: int) -> dict:
         """JSON-able figures for the epoch metrics: subset size and mean pairwise overlap."""
-        if not self.active(epoch) or self.subset_epoch != epoch:
+        if not self.enabled or self.subset_epoch != epoch or not self.subsets:
             return {"coreset_size": self.n}
         out = {"coreset_size": self.k}
         bs = self.bits

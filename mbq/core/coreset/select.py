@@ -23,7 +23,7 @@ def _stats(t) -> dict[str, float]:
 
 def select_coreset(checkpoint: str | Path, out: str | Path, *, bits: list[int] | None = None,
                    fraction: float = 0.2, score: str = "el2n", sampling: str = "weighted",
-                   batch_size: int = 1000, device: str = "auto", seed: int = 0,
+                   batch_size: int = 256, device: str = "auto", seed: int = 0,
                    start: Callable[[int], None] | None = None,
                    progress: Callable[[int], None] | None = None) -> dict:
     """Score every training sample at every width of ``bits``; write ``out``; return a summary.

@@ -34,7 +34,7 @@ def load_exported(path: str | Path, fmt: str, device: str = "auto"):
 
 
 def evaluate_exported(path: str | Path, fmt: str, *, dataset: str | None = None,
-                      data_dir: str | None = None, batch_size: int = 1000, limit: int | None = None,
+                      data_dir: str | None = None, batch_size: int = 256, limit: int | None = None,
                       device: str = "auto", seed: int = 0) -> dict:
     import torch
 

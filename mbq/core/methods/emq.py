@@ -62,7 +62,7 @@ class EMQMethod(MultiBitMethod):
         o = self.opts
         if o.coreset_fraction >= 1:
             return n_batches
-        warm = 0 if o.coreset else min(o.coreset_warmup, self.cfg.epochs)
+        warm = 0 if o.coreset or o.coreset_warmup_data == "subset" else min(o.coreset_warmup, self.cfg.epochs)
         core = max(1, math.ceil(o.coreset_fraction * n_batches - 1e-9))
         total = warm * n_batches + (self.cfg.epochs - warm) * core
         return max(1, round(total / self.cfg.epochs))
@@ -83,7 +83,8 @@ class EMQMethod(MultiBitMethod):
         self.coreset = BitwiseCoreset(self.cfg.bits, len(ctx.train_set), fraction=o.coreset_fraction,
                                       score=o.coreset_score, sampling=o.coreset_sampling,
                                       seed=self.cfg.seed, warmup=o.coreset_warmup,
-                                      rescore_every=o.coreset_rescore_every, file=file)
+                                      rescore_every=o.coreset_rescore_every, file=file,
+                                      warmup_data=o.coreset_warmup_data)
         if file is not None:
             sizes = {b: file.indices[b].numel() for b in self.cfg.bits}
             if any(k != self.coreset.k for k in sizes.values()):
@@ -151,6 +152,7 @@ class EMQMethod(MultiBitMethod):
         stats: dict[str, float] = {}
         tot_loss = tot_acc = 0.0
         n = 0
+        scale = 1.0 / len(self.bits_desc) if self.opts.child_loss == "mean" else 1.0
         for b in self.bits_desc:
             batch = item[b]
             teacher = self._teacher(ctx, b, batch.x)
@@ -160,7 +162,7 @@ class EMQMethod(MultiBitMethod):
                 loss = F.cross_entropy(logits, batch.y)
                 if teacher is not None:
                     loss = loss + soft_cross_entropy(logits, teacher)
-            ctx.backward(loss)
+            ctx.backward(loss * scale)
             logits = logits.detach()
             cs.observe(b, batch.idx, logits.argmax(1) == batch.y)
             acc = accuracy(logits, batch.y)
@@ -185,6 +187,7 @@ class EMQMethod(MultiBitMethod):
     def metadata(self, ctx) -> dict:
         o = self.opts
         cs = {"fraction": o.coreset_fraction, "score": o.coreset_score, "sampling": o.coreset_sampling,
-              "warmup": 0 if o.coreset else o.coreset_warmup, "wbc": o.wbc,
+              "warmup": 0 if o.coreset else o.coreset_warmup, "warmup_data": o.coreset_warmup_data,
+              "child_loss": o.child_loss, "wbc": o.wbc,
               "file": str(o.coreset) if o.coreset else None}
         return {"mbq.coreset": cs}

@@ -25,13 +25,19 @@ class EMQOptions(MultiBitOptions):
                              "every quantized width (one shared BN fits all widths) or pass unchanged")
     wbc_detach: bool = Field(False, description="treat the WBC statistics as constants in backward")
     wbc_per_channel: bool = Field(True, description="WBC statistics per output channel (else per tensor)")
+    child_loss: Literal["mean", "sum"] = Field(
+        "mean", description="combine the widths' losses into one step: mean keeps the step size "
+                            "independent of how many widths train; sum is Any-Precision's")
     kd: Literal["none", "fp", "recursive"] = Field(
         "none", description="add soft cross-entropy from the FP path (fp) or the next-higher "
                             "trained width (recursive), computed on each child's own batch")
     coreset_fraction: float = Field(
         0.2, description="fraction of the training set each width trains on per epoch (1 = no coreset)")
     coreset_warmup: int = Field(
-        1, ge=0, description="epochs on the full data before the per-bit scores are computed")
+        1, ge=0, description="warm-up epochs before the per-bit scores are computed (see --coreset-warmup-data)")
+    coreset_warmup_data: Literal["subset", "full"] = Field(
+        "subset", description="warm-up epochs train each width on a uniform random subset of "
+                              "--coreset-fraction (subset, the coreset's cost) or on all data (full)")
     coreset_score: Literal["el2n", "grand", "entropy", "forgetting", "random"] = Field(
         "el2n", description="per-sample importance: el2n, grand, entropy, forgetting or random")
     coreset_sampling: Literal["weighted", "topk", "random"] = Field(
