@@ -304,3 +304,14 @@ def test_train_bad_input_is_one_line_exit_2(tmp_path, capsys, args, msg):
 def test_eval_bit_outside_valid_widths_is_exit_2(emq_ckpt, capsys, bit):
     code, out, err = _main(capsys, ["eval", str(emq_ckpt[0]), "--bit", bit, "--device", "cpu"])
     assert code == 2 and out == "" and "not supported" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, lr", [([], 0.3), (["--lr", "0.05"], 0.05), (["--optimizer", "adamw"], None)])
+def test_emq_lr_default_goes_with_sgd(args, lr):
+    from mbq.cli.train import build_config
+    from mbq.core.config import OptimConfig
+
+    values = {"method": "emq", "bits": "2,4,8", **{a.lstrip("-"): v for a, v in zip(args[::2], args[1::2])}}
+    explicit = {a.lstrip("-").replace("-", "_") for a in args[::2]} | {"method", "bits"}
+    cfg = build_config(values, explicit, {}, [])
+    assert cfg.optim.lr == (lr if lr is not None else OptimConfig().lr)

@@ -41,9 +41,12 @@ def _set(d: dict, dotted: str, value) -> None:
 def _apply_method_defaults(doc: dict, opts_cls, explicit: set[str], file_values: dict) -> None:
     """A method's own defaults for shared flags (``train_defaults`` on its options class,
     e.g. mebqat -> AdamW at 1e-3), used where neither a flag nor the config file set them."""
+    def given(dotted: str) -> bool:
+        return any(k in explicit or k in file_values for k, v in _MAP.items() if v == dotted)
+
     for dotted, value in getattr(opts_cls, "train_defaults", {}).items():
-        names = [k for k, v in _MAP.items() if v == dotted]
-        if not any(n in explicit or n in file_values for n in names):
+        # a method's LR goes with its optimizer: not applied when the user picked the optimizer
+        if not given(dotted) and not (dotted == "optim.lr" and given("optim.optimizer")):
             _set(doc, dotted, value)
 
 

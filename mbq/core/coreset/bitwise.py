@@ -19,9 +19,8 @@ class BitwiseCoreset:
     Epochs before ``start`` are the warm-up: on the full data
     (``warmup_data="full"``) or, at the coreset's cost, on a uniform random
     subset per child (``"subset"``). From ``start`` on, child ``b`` trains on
-    ``draw(epoch)[b]``. With a coreset
-    file, ``start`` is 0, the file's scores are used and its selection is
-    the first epoch's subset.
+    ``draw(epoch)[b]``. With a coreset file, ``start`` is 0, the file's
+    scores are used and its selection is the first epoch's subset.
     """
 
     def __init__(self, bits: list[int], n: int, *, fraction: float, score: str, sampling: str,
