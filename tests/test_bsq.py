@@ -13,15 +13,6 @@ from mbq.core.quant import QLinear, quantized_layers
 from mbq.core.quant.bitplane import clamp_planes, group_lasso, plane_params, rebinarize, to_bit_planes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread avoids OpenMP stalls when the cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(method, bits=8):
     cfg = TrainConfig.model_validate({"method": method, "options": {"init_bits": bits},
                                       "model": {"arch": "cnn", "num_classes": 10, "in_channels": 1,

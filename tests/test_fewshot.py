@@ -20,14 +20,6 @@ TINY = ["--arch", "cnn", "--train-subset", "600", "--val-size", "0", "--epochs",
         "--quiet", "--json"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def run_main(args, capsys):
     from mbq.cli.app import main
 

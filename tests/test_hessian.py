@@ -13,15 +13,6 @@ from mbq.core.quant import quantize_model, quantized_layers
 from mbq.core.sensitivity import layer_sensitivity
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread avoids OpenMP stalls when the cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class _Quadratic(nn.Module):
     """loss = ½ θᵀAθ over θ = [a; b]: the Hessian is A."""
 

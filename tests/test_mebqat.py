@@ -21,15 +21,6 @@ SMALL = ["--arch", "cnn", "--train-subset", "256", "--val-size", "0", "--epochs"
          "--batch-size", "64", "--device", "cpu", "--seed", "3"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the test machine is shared: one intra-op thread avoids oversubscription stalls
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _method(bits="2,4,8", quant=None, **opts):
     cfg = TrainConfig.model_validate({
         "method": "mebqat", "bits": bits, "quant": quant or {}, "options": opts,

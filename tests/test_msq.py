@@ -14,15 +14,6 @@ from mbq.core.methods import create_method
 from mbq.core.quant import compression_ratio, functional as QF
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread avoids OpenMP stalls when the cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 runner = CliRunner()
 
 

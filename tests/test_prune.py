@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from mbq.cli.app import app
@@ -10,15 +9,6 @@ from mbq.core.bitprune import LayerBits, compression, greedy_to_target
 from mbq.core.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from mbq.core.methods import build_model_from_meta
 from mbq.core.quant import compression_ratio, get_bit_scheme
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread avoids OpenMP stalls when the cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 runner = CliRunner()
