@@ -175,6 +175,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier timings on a shared machine)")
+    p.add_argument("--emq-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra option for every EMQ row, e.g. bn_stats=top (repeatable)")
     p.add_argument("--only", help="comma-separated row numbers to run (1-6), for debugging")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/emq.json"))
     a = p.parse_args(argv)
@@ -189,13 +191,15 @@ def main(argv=None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     runs = RUNS if not a.only else [RUNS[int(i) - 1] for i in a.only.split(",")]
+    extra = dict(kv.split("=", 1) for kv in a.emq_option)
+    runs = [(n, m, b, dict(o, **extra) if m == "emq" else o) for n, m, b, o in runs]
     rows = {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mbq-bench-emq-") as tmp:
         for name, method, bits, opts in runs:
             rows[name] = run_one(name, method, bits, opts, a, Path(tmp), log)
     cfg = {k: getattr(a, k) for k in ("train_subset", "epochs", "width", "test_limit", "batch_size",
-                                       "optimizer", "lr", "seed", "device", "threads", "quick")}
+                                       "optimizer", "lr", "seed", "device", "threads", "quick", "emq_option")}
     doc = {"config": dict(cfg, arch="resnet20", dataset="mnist", torch=torch.__version__),
            "runs": list(rows.values()), "total_s": time.perf_counter() - t0}
     if len(rows) == len(RUNS):

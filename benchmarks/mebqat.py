@@ -29,9 +29,9 @@ WIDTHS = [2, 3, 4, 5, 6, 7, 8, 16, 32]  # W=A columns; 32 = FP
 CANDIDATES = "2,3,4,5,6,7,8,16,32"
 DEDICATED = [2, 4, 8, 32]
 
-FULL = dict(train_subset=10000, epochs=3, batch=128, recal=10, step_reps=10, test_limit=None,
+FULL = dict(train_subset=10000, epochs=6, arch="resnet20", width=0.5, test_limit_mw=2000, batch=128, recal=10, step_reps=10, test_limit=None,
             fs_epochs=10, fs_episodes=100, fs_eval_diag=200, fs_eval_all=50)
-QUICK = dict(train_subset=1500, epochs=1, batch=128, recal=4, step_reps=3, test_limit=2000,
+QUICK = dict(train_subset=1500, epochs=1, arch="cnn", width=1.0, test_limit_mw=1000, batch=128, recal=4, step_reps=3, test_limit=2000,
              fs_epochs=2, fs_episodes=25, fs_eval_diag=40, fs_eval_all=5)
 
 
@@ -44,12 +44,12 @@ def _label(b: int) -> str:
 
 
 def _cfg(method: str, bits: str, out: Path, p: dict, seed: int, optim: dict, options: dict | None = None,
-         data: dict | None = None):
+         data: dict | None = None, model: dict | None = None):
     from mbq.core.config import TrainConfig
 
     return TrainConfig.model_validate({
         "method": method, "bits": bits, "epochs": p["epochs"], "seed": seed, "device": "cpu", "out": str(out),
-        "model": {"arch": "cnn"}, "optim": optim, "options": options or {},
+        "model": model or {"arch": "cnn"}, "optim": optim, "options": options or {},
         "data": dict({"train_subset": p["train_subset"], "val_size": 0, "batch_size": p["batch"]}, **(data or {}))})
 
 
@@ -71,21 +71,27 @@ def multiwidth(p: dict, out: Path, seed: int) -> dict:
     from mbq.core.evaluate_checkpoint import evaluate_checkpoint
 
     adamw = {"optimizer": "adamw", "lr": 1e-3}
+    model = {"arch": p["arch"], "kwargs": {"width": p["width"]} if p["arch"] == "resnet20" else {}}
     runs = {"mebqat": _cfg("mebqat", CANDIDATES, out / "mebqat.safetensors", p, seed, adamw,
-                           {"recal_batches": p["recal"]})}
+                           {"recal_batches": p["recal"]}, model=model)}
     for b in DEDICATED:
-        runs[f"qat-{_label(b)}"] = _cfg("qat", str(b), out / f"qat{b}.safetensors", p, seed, adamw)
-    table, train_info = {}, {}
+        runs[f"qat-{_label(b)}"] = _cfg("qat", str(b), out / f"qat{b}.safetensors", p, seed, adamw, model=model)
+    table, plain, train_info = {}, {}, {}
     pairs = [(b, b) for b in WIDTHS]
     for name, cfg in runs.items():
         log(f"train {name} ({cfg.data.train_subset} images, {cfg.epochs} epochs)")
         train_info[name] = _train(cfg)
-        # the dedicated models get the same per-width BN re-estimation mebqat does
+        # mebqat re-estimates BN statistics at each pair (--bn-mode recalibrate); the dedicated
+        # models are measured both ways: as `mbq eval --bit` gives them (no calibration) and
+        # with the same per-width re-estimation
         recal = 0 if name == "mebqat" else p["recal"]
         log(f"eval {name} at W=A {','.join(map(_label, WIDTHS))}")
         res = evaluate_checkpoint(cfg.out, pairs=pairs, recalibrate_bn=recal, device="cpu", seed=seed,
-                                  limit=p["test_limit"])
+                                  limit=p["test_limit_mw"])
         table[name] = {r["label"]: r["top1"] for r in res["results"]}
+        if recal:
+            res = evaluate_checkpoint(cfg.out, pairs=pairs, device="cpu", seed=seed, limit=p["test_limit_mw"])
+            plain[name] = {r["label"]: r["top1"] for r in res["results"]}
     gaps = {_label(b): table["mebqat"][_label(b)] - table[f"qat-{_label(b)}"][_label(b)] for b in DEDICATED}
     away = {}
     for b in DEDICATED:
@@ -93,14 +99,20 @@ def multiwidth(p: dict, out: Path, seed: int) -> dict:
         others = [w for w in WIDTHS if w != b]
         away[own] = {"mebqat_minus_dedicated_min": min(table["mebqat"][_label(w)] - table[own][_label(w)]
                                                        for w in others),
-                     "dedicated_worst": min(table[own][_label(w)] for w in others)}
-    return {"top1": table, "mebqat_minus_dedicated_at_own_width": gaps, "away_from_own_width": away,
-            "train": train_info}
+                     "dedicated_worst": min(table[own][_label(w)] for w in others),
+                     "no_calibration": {
+                         "mebqat_minus_dedicated_min": min(table["mebqat"][_label(w)] - plain[own][_label(w)]
+                                                           for w in others),
+                         "dedicated_worst": min(plain[own][_label(w)] for w in others)}}
+    return {"top1": table, "top1_dedicated_no_calibration": plain,
+            "mebqat_minus_dedicated_at_own_width": gaps, "away_from_own_width": away,
+            "train": train_info, "arch": p["arch"], "width": p["width"], "epochs": p["epochs"],
+            "train_subset": p["train_subset"], "test_limit": p["test_limit_mw"]}
 
 
 # --- 2. backward passes and step time vs anyprec -----------------------------------------------------
 
-def step_cost(p: dict, seed: int) -> dict:
+def step_cost(p: dict, _out: Path, seed: int) -> dict:
     import torch
 
     from mbq.core.data import BatchLoader, create_dataset
@@ -181,6 +193,9 @@ def fewshot(p: dict, out: Path, seed: int) -> dict:
             "episodes_all": p["fs_eval_all"]}
 
 
+PARTS = {"multiwidth": multiwidth, "step_cost": step_cost, "fewshot": fewshot}
+
+
 # --- rendering --------------------------------------------------------------------------------------------
 
 def render(doc: dict) -> None:
@@ -189,20 +204,28 @@ def render(doc: dict) -> None:
 
     con = Console(soft_wrap=True, width=max(Console().width, 200))  # wide tables, also when piped
     mw = doc["multiwidth"]
-    n_test = doc["setup"]["test_limit"] or 10000
-    t = Table(title=f"MNIST test top-1 % at W=A (cnn, {doc['setup']['train_subset']} train images, "
-                    f"{doc['setup']['epochs']} epochs, AdamW 1e-3; {n_test} test images)")
+    arch = mw.get("arch", "cnn") + (f" width {mw['width']}" if mw.get("arch") == "resnet20" else "")
+    t = Table(title=f"MNIST test top-1 % at W=A ({arch}, {mw.get('train_subset', 10000)} train images, "
+                    f"{mw.get('epochs', 3)} epochs, AdamW 1e-3; {mw.get('test_limit') or 10000} test images; "
+                    "BN statistics re-estimated per width unless marked)")
     t.add_column("model")
     for b in WIDTHS:
         t.add_column(_label(b), justify="right")
     for name, row in mw["top1"].items():
         t.add_row(name, *[f"{row[_label(b)]:.2f}" for b in WIDTHS])
+    for name, row in mw.get("top1_dedicated_no_calibration", {}).items():
+        t.add_row(f"{name} (no calibration)", *[f"{row[_label(b)]:.2f}" for b in WIDTHS])
     con.print(t)
     con.print("mebqat - dedicated at the dedicated width: " + ", ".join(
         f"{k}: {v:+.2f}" for k, v in mw["mebqat_minus_dedicated_at_own_width"].items()))
     con.print("away from its own width, worst dedicated top-1 / smallest mebqat lead: " + ", ".join(
         f"{k}: {v['dedicated_worst']:.2f} / {v['mebqat_minus_dedicated_min']:+.2f}"
         for k, v in mw["away_from_own_width"].items()))
+    if any("no_calibration" in v for v in mw["away_from_own_width"].values()):
+        con.print("the same, dedicated models without calibration: " + ", ".join(
+            f"{k}: {v['no_calibration']['dedicated_worst']:.2f} / "
+            f"{v['no_calibration']['mebqat_minus_dedicated_min']:+.2f}"
+            for k, v in mw["away_from_own_width"].items()))
     sc = doc["step_cost"]
     con.print(f"backward passes per step: mebqat {sc['mebqat']['backward_passes_per_step']:.0f}, anyprec "
               f"{sc['anyprec']['backward_passes_per_step']:.0f} (widths {CANDIDATES}); step time "
@@ -231,6 +254,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: shared machines)")
     ap.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    ap.add_argument("--parts", default="multiwidth,step_cost,fewshot",
+                    help="comma-separated parts to run; the others are kept from an existing "
+                         "OUT_DIR/results.json")
     args = ap.parse_args(argv)
     import torch
 
@@ -238,11 +264,16 @@ def main(argv=None) -> None:
     p = QUICK if args.quick else FULL
     args.out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    doc = {"setup": dict(p, quick=args.quick, seed=args.seed, threads=args.threads, arch="cnn",
-                         dataset="mnist", candidates=CANDIDATES)}
-    doc["multiwidth"] = multiwidth(p, args.out_dir, args.seed)
-    doc["step_cost"] = step_cost(p, args.seed)
-    doc["fewshot"] = fewshot(p, args.out_dir, args.seed)
+    parts = args.parts.split(",")
+    old = args.out_dir / "results.json"
+    doc = json.loads(old.read_text()) if set(parts) != set(PARTS) and old.exists() else {}
+    missing = [k for k in PARTS if k not in parts and k not in doc]
+    if missing:
+        raise SystemExit(f"--parts leaves out {missing} and {old} has no results for them")
+    doc["setup"] = dict(p, quick=args.quick, seed=args.seed, threads=args.threads, fewshot_arch="cnn",
+                        dataset="mnist", candidates=CANDIDATES)
+    for part in parts:
+        doc[part] = PARTS[part](p, args.out_dir, args.seed)
     doc["wall_s"] = time.perf_counter() - t0
     (args.out_dir / "results.json").write_text(json.dumps(doc, indent=2))
     log(f"done in {doc['wall_s']:.0f}s; results in {args.out_dir / 'results.json'}")

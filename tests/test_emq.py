@@ -282,6 +282,45 @@ def test_child_loss_mean_divides_the_summed_gradient(mode, factor):
     assert all(torch.allclose(g, factor * w, atol=1e-6) for g, w in zip(got, want))
 
 
+@pytest.mark.parametrize("mode", ["batch", "top"])
+def test_bn_stats_top_lets_only_the_highest_width_move_the_running_statistics(mode):
+    from mbq.core.config import TrainConfig
+    from mbq.core.data import Batch
+    from mbq.core.methods import create_method
+    from mbq.core.models import create_model
+    from mbq.core.quant import quantize_model
+
+    cfg = TrainConfig(method="emq", bits=[2, 4], model={"arch": "cnn"},
+                      options={"coreset_fraction": 1.0, "bn_stats": mode})
+    method = create_method(cfg)
+    torch.manual_seed(0)
+    model = quantize_model(create_model("cnn"), method.quant_config()).train()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    hi, lo = (Batch(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)), torch.arange(8)) for _ in range(2))
+    seen = []
+    hook = bns[0].register_forward_pre_hook(lambda m, a: seen.append((m.training, m.running_mean.clone())))
+
+    class Ctx:
+        model = None
+        def autocast(self):
+            import contextlib
+            return contextlib.nullcontext()
+        def backward(self, loss):
+            loss.backward()
+
+    ctx = Ctx()
+    ctx.model = model
+    method.coreset = type("C", (), {"observe": lambda *a: None})()
+    method.train_step(ctx, {4: hi, 2: lo})
+    hook.remove()
+    after = bns[0].running_mean.clone()
+    assert seen[0][0] and all(m.training for m in bns)  # width 4 (the top) in batch mode; mode restored
+    if mode == "top":  # width 2 normalised with, and left alone, the statistics width 4 set
+        assert not seen[1][0] and torch.equal(after, seen[1][1])
+    else:
+        assert seen[1][0] and not torch.equal(after, seen[1][1])
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, msg", [

@@ -1,5 +1,8 @@
-"""BatchNorm without running statistics (MEBQAT ``--bn-mode batch``, few-shot)."""
+"""BatchNorm statistics modes: none kept (MEBQAT ``--bn-mode batch``, few-shot), or
+running statistics used in training (EMQ ``--bn-stats top``)."""
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 from torch import nn
 
@@ -17,3 +20,18 @@ def use_batch_statistics(model: nn.Module) -> nn.Module:
             m.running_var = None
             m.num_batches_tracked = None
     return model
+
+
+@contextmanager
+def running_statistics(model: nn.Module):
+    """Inside the block every BatchNorm normalises with (and leaves alone) its running
+    statistics, as in eval(); the rest of the model keeps its mode. Gradients still flow."""
+    bns = [m for m in model.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    for m in bns:
+        m.train(False)
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.train(True)

@@ -8,6 +8,7 @@ one optimizer step. See docs/emq.md and shared/methods/EMQ.md.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 from torch.nn import functional as F
@@ -17,6 +18,7 @@ from ..coreset.io import check_matches, read_coreset
 from ..coreset.scores import compute_scores
 from ..errors import MbqError
 from ..quant import FP_BITS, set_bits
+from ._bn import running_statistics
 from ._multibit import MultiBitMethod, _bits_text, soft_cross_entropy
 from .base import accuracy
 
@@ -157,7 +159,8 @@ class EMQMethod(MultiBitMethod):
             batch = item[b]
             teacher = self._teacher(ctx, b, batch.x)
             set_bits(model, b, self.cfg.act_bits_for(b))
-            with ctx.autocast():
+            frozen = self.opts.bn_stats == "top" and b != self.bits_desc[0]
+            with ctx.autocast(), running_statistics(model) if frozen else nullcontext():
                 logits = model(batch.x)
                 loss = F.cross_entropy(logits, batch.y)
                 if teacher is not None:
@@ -188,6 +191,6 @@ class EMQMethod(MultiBitMethod):
         o = self.opts
         cs = {"fraction": o.coreset_fraction, "score": o.coreset_score, "sampling": o.coreset_sampling,
               "warmup": 0 if o.coreset else o.coreset_warmup, "warmup_data": o.coreset_warmup_data,
-              "child_loss": o.child_loss, "wbc": o.wbc,
+              "child_loss": o.child_loss, "bn_stats": o.bn_stats, "wbc": o.wbc,
               "file": str(o.coreset) if o.coreset else None}
         return {"mbq.coreset": cs}
