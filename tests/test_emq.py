@@ -244,34 +244,42 @@ def test_warmup_subsets_are_uniform_per_width_and_seeded():
     assert not a.needs_scores(1) and a.needs_scores(2)  # scored once the warm-up ends
 
 
-@pytest.mark.parametrize("mode, factor", [("mean", 0.5), ("sum", 1.0)])
-def test_child_loss_mean_divides_the_summed_gradient(mode, factor):
+def _emq_step_setup(**options):
+    """An EMQ method at bits {2,4} on a fresh cnn, and the slice of the engine context train_step uses."""
+    import contextlib
+
     from mbq.core.config import TrainConfig
-    from mbq.core.data import Batch
     from mbq.core.methods import create_method
     from mbq.core.models import create_model
     from mbq.core.quant import quantize_model
 
     cfg = TrainConfig(method="emq", bits=[2, 4], model={"arch": "cnn"},
-                      options={"coreset_fraction": 1.0, "child_loss": mode})
+                      options=dict(options, coreset_fraction=1.0))
     method = create_method(cfg)
     torch.manual_seed(0)
-    model = quantize_model(create_model("cnn"),
-                           method.quant_config())
-    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    batch = Batch(x, y, torch.arange(8))
+    model = quantize_model(create_model("cnn"), method.quant_config())
+    method.coreset = type("C", (), {"observe": lambda *a: None})()
 
     class Ctx:
-        def __init__(self):
-            self.model = model
         def autocast(self):
-            import contextlib
             return contextlib.nullcontext()
+
         def backward(self, loss):
             loss.backward()
 
-    method.coreset = type("C", (), {"observe": lambda *a: None})()
-    method.train_step(Ctx(), {2: batch, 4: batch})
+    ctx = Ctx()
+    ctx.model = model
+    return method, model, ctx
+
+
+@pytest.mark.parametrize("mode, factor", [("mean", 0.5), ("sum", 1.0)])
+def test_child_loss_mean_divides_the_summed_gradient(mode, factor):
+    from mbq.core.data import Batch
+
+    method, model, ctx = _emq_step_setup(child_loss=mode)
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    batch = Batch(x, y, torch.arange(8))
+    method.train_step(ctx, {2: batch, 4: batch})
     got = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     model.zero_grad()
     for b in (4, 2):  # the plain sum of both widths' cross-entropies
@@ -284,33 +292,14 @@ def test_child_loss_mean_divides_the_summed_gradient(mode, factor):
 
 @pytest.mark.parametrize("mode", ["batch", "top"])
 def test_bn_stats_top_lets_only_the_highest_width_move_the_running_statistics(mode):
-    from mbq.core.config import TrainConfig
     from mbq.core.data import Batch
-    from mbq.core.methods import create_method
-    from mbq.core.models import create_model
-    from mbq.core.quant import quantize_model
 
-    cfg = TrainConfig(method="emq", bits=[2, 4], model={"arch": "cnn"},
-                      options={"coreset_fraction": 1.0, "bn_stats": mode})
-    method = create_method(cfg)
-    torch.manual_seed(0)
-    model = quantize_model(create_model("cnn"), method.quant_config()).train()
+    method, model, ctx = _emq_step_setup(bn_stats=mode)
+    model.train()
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     hi, lo = (Batch(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)), torch.arange(8)) for _ in range(2))
     seen = []
     hook = bns[0].register_forward_pre_hook(lambda m, a: seen.append((m.training, m.running_mean.clone())))
-
-    class Ctx:
-        model = None
-        def autocast(self):
-            import contextlib
-            return contextlib.nullcontext()
-        def backward(self, loss):
-            loss.backward()
-
-    ctx = Ctx()
-    ctx.model = model
-    method.coreset = type("C", (), {"observe": lambda *a: None})()
     method.train_step(ctx, {4: hi, 2: lo})
     hook.remove()
     after = bns[0].running_mean.clone()
