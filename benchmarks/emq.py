@@ -5,15 +5,20 @@ Measures (issue 3):
     for bits {2,4,8} and {1,2,4,8,32} (compute limit at f = 0.2: 5x; target >= 4x);
   * MNIST test top-1 of both at every width 1..8 and FP (EMQ: no calibration;
     anyprec: BN re-calibration for the widths it did not train, as mbq eval does);
-  * ablations: EMQ without WBC, EMQ without coreset (fraction 1.0).
+  * ablations: EMQ without WBC, EMQ without coreset (fraction 1.0), EMQ with one set of
+    BN running statistics for all widths (--bn-stats batch) instead of one per width.
 
-    python benchmarks/emq.py --threads 2   # the full run (~30 min on 2 cores)
+Each method trains at its own default learning rate (SGD: anyprec 0.1, emq 0.3) unless
+--lr is given.
+
+    python benchmarks/emq.py --threads 2   # the full run (~1 h on 2 cores)
     python benchmarks/emq.py --quick    # ~1-2 min smoke version: checks the pipeline,
                                         # its accuracies are near chance and mean nothing
 
 Training time is the time from the engine's start event to the last epoch's end:
 every training step, the warm-up, the per-bit scoring and the per-epoch checkpoint
-writes; not data loading or the final tests.
+writes; not data loading or the final tests. Both wall-clock and process CPU time are
+recorded; the CPU-time ratio is the steadier one on a machine shared with other work.
 """
 from __future__ import annotations
 
@@ -33,8 +38,9 @@ RUNS = [
     ("emq f=0.2 {1,2,4,8,32}", "emq", [1, 2, 4, 8, 32], {"coreset_fraction": 0.2}),
     ("emq f=0.2 no WBC {2,4,8}", "emq", [2, 4, 8], {"coreset_fraction": 0.2, "wbc": False}),
     ("emq f=1.0 {2,4,8}", "emq", [2, 4, 8], {"coreset_fraction": 1.0}),
+    ("emq f=0.2 one BN estimate {2,4,8}", "emq", [2, 4, 8], {"coreset_fraction": 0.2, "bn_stats": "batch"}),
 ]
-FULL = {"train_subset": 10000, "epochs": 10, "width": 0.5, "test_limit": 2000}
+FULL = {"train_subset": 20000, "epochs": 10, "width": 0.5, "test_limit": 10000}
 QUICK = {"train_subset": 500, "epochs": 2, "width": 0.25, "test_limit": 300}
 CALIB_BATCHES = 10  # anyprec's BN re-calibration of an untrained width: 10 x 256 training images
 
@@ -48,18 +54,24 @@ class _Clock:
 
     def __init__(self, log):
         self.log, self.start, self.epochs = log, None, []
+        self.cpu_start = self.cpu_end = None
 
     def __call__(self, event, **d):
         if event == "start":
-            self.start = time.perf_counter()
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
         elif event == "epoch":
             self.epochs.append(time.perf_counter())
+            self.cpu_end = time.process_time()
             self.log(f"    epoch {d['epoch']}: loss {d['train_loss']:.3f}  "
                      f"{d.get('coreset_size', '')} imgs/width  {d['wall_s']:.1f}s")
 
     @property
     def seconds(self) -> float:
         return self.epochs[-1] - self.start
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.cpu_end - self.cpu_start
 
 
 def run_one(name, method, bits, opts, a, folder, log) -> dict:
@@ -73,7 +85,7 @@ def run_one(name, method, bits, opts, a, folder, log) -> dict:
     cfg = TrainConfig(method=method, bits=bits, epochs=a.epochs, seed=a.seed, device=a.device, out=out,
                       data={"train_subset": a.train_subset, "val_size": 0, "batch_size": a.batch_size},
                       model={"arch": "resnet20", "kwargs": {"width": a.width}},
-                      optim={"optimizer": a.optimizer, "lr": a.lr},
+                      optim={"optimizer": a.optimizer, **({"lr": a.lr} if a.lr else {})},
                       options=dict(opts, eval_bits=[max(bits)],
                                    **({"calib_batches": CALIB_BATCHES} if method == "anyprec" else {})))
     log(f"  {name}: training")
@@ -85,6 +97,7 @@ def run_one(name, method, bits, opts, a, folder, log) -> dict:
                              device=a.device, seed=a.seed)
     top1 = {_label(r["w"]): r["top1"] for r in ev["results"]}
     row = {"name": name, "method": method, "bits": bits, "options": opts, "train_s": clock.seconds,
+           "train_cpu_s": clock.cpu_seconds,
            "eval_s": time.perf_counter() - t0, "top1": top1,
            "mean_top1": sum(top1.values()) / len(top1), "notes": ev["notes"]}
     if method == "emq":  # the paper's optional "BN adaptation": shared BN statistics re-estimated per width
@@ -111,11 +124,19 @@ def _untrained_gaps(row) -> dict:
     return gaps
 
 
+def _mean(top1: dict, skip: str | None = None) -> float:
+    vals = [v for k, v in top1.items() if k != skip]
+    return sum(vals) / len(vals)
+
+
 def summarise(rows: dict) -> dict:
     s = {}
     for tag in ("{2,4,8}", "{1,2,4,8,32}"):
         ap, em = rows[f"anyprec {tag}"], rows[f"emq f=0.2 {tag}"]
         s[tag] = {"time_ratio_anyprec_over_emq": ap["train_s"] / em["train_s"],
+                  "cpu_time_ratio_anyprec_over_emq": ap["train_cpu_s"] / em["train_cpu_s"],
+                  "mean_top1_2_to_fp_anyprec": _mean(ap["top1"], skip="1"),
+                  "mean_top1_2_to_fp_emq": _mean(em["top1"], skip="1"),
                   "mean_top1_anyprec": ap["mean_top1"], "mean_top1_emq": em["mean_top1"],
                   "mean_top1_gap": ap["mean_top1"] - em["mean_top1"],
                   "mean_top1_emq_bn_adapted": em["mean_top1_bn_adapted"],
@@ -140,24 +161,28 @@ def render(doc: dict) -> None:
                     f"images, {cfg['epochs']} epochs, top-1 on {cfg['test_limit']} test images")
     t.add_column("run", no_wrap=True)
     t.add_column("train s", justify="right")
+    t.add_column("cpu s", justify="right")
     for b in ALL_WIDTHS:
         t.add_column(_label(b), justify="right", no_wrap=True)
     t.add_column("mean", justify="right")
     for r in doc["runs"]:
-        t.add_row(r["name"], f"{r['train_s']:.0f}", *(f"{r['top1'][_label(b)]:.2f}" for b in ALL_WIDTHS),
+        t.add_row(r["name"], f"{r['train_s']:.0f}", f"{r['train_cpu_s']:.0f}", *(f"{r['top1'][_label(b)]:.2f}" for b in ALL_WIDTHS),
                   f"{r['mean_top1']:.2f}")
         if "top1_bn_adapted" in r:
             bn = r["top1_bn_adapted"]
-            t.add_row("  + BN adaptation", "", *(f"{bn[_label(b)]:.2f}" for b in ALL_WIDTHS),
+            t.add_row("  + BN adaptation", "", "", *(f"{bn[_label(b)]:.2f}" for b in ALL_WIDTHS),
                       f"{r['mean_top1_bn_adapted']:.2f}")
     con.print(t)
     s = doc["summary"]
     for tag in ("{2,4,8}", "{1,2,4,8,32}"):
         x = s[tag]
-        con.print(f"bits {tag}: anyprec/emq time {x['time_ratio_anyprec_over_emq']:.2f}x (target >= 4x, "
+        con.print(f"bits {tag}: anyprec/emq time {x['time_ratio_anyprec_over_emq']:.2f}x wall, "
+                  f"{x['cpu_time_ratio_anyprec_over_emq']:.2f}x CPU (target >= 4x, "
                   f"limit 5x); mean top-1 anyprec {x['mean_top1_anyprec']:.2f} vs emq "
                   f"{x['mean_top1_emq']:.2f} (gap {x['mean_top1_gap']:+.2f}, target <= 0.5); emq with BN "
-                  f"adaptation {x['mean_top1_emq_bn_adapted']:.2f} (gap {x['mean_top1_gap_bn_adapted']:+.2f})")
+                  f"adaptation {x['mean_top1_emq_bn_adapted']:.2f} (gap {x['mean_top1_gap_bn_adapted']:+.2f}); "
+                  f"mean over 2..8 and fp: anyprec {x['mean_top1_2_to_fp_anyprec']:.2f} vs emq "
+                  f"{x['mean_top1_2_to_fp_emq']:.2f}")
     gaps = ", ".join(f"{w}: {g:+.2f}" for w, g in s["emq_untrained_gap_to_neighbours"].items())
     con.print(f"emq {{2,4,8}} untrained widths, points below the worse trained neighbour: {gaps} (target <= 1)")
 
@@ -171,13 +196,13 @@ def main(argv=None) -> int:
     p.add_argument("--test-limit", type=int, help="first N MNIST test images")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--optimizer", default="sgd")
-    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--lr", type=float, help="one learning rate for every row (default: each method's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier timings on a shared machine)")
     p.add_argument("--emq-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra option for every EMQ row, e.g. bn_stats=top (repeatable)")
-    p.add_argument("--only", help="comma-separated row numbers to run (1-6), for debugging")
+                   help="extra option for every EMQ row, e.g. kd=fp (repeatable)")
+    p.add_argument("--only", help="comma-separated row numbers to run (1-7), for debugging")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/emq.json"))
     a = p.parse_args(argv)
     for k, v in (QUICK if a.quick else FULL).items():

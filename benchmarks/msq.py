@@ -2,7 +2,8 @@
 
 Measures (issue 4):
   * trainable parameters, peak memory and training-step time of msq and bsq, both
-    at 8 bits on resnet20 (targets: bsq/msq parameters >= 8x, step time >= 3x);
+    at 8 bits on resnet20 (targets: bsq/msq parameters >= 8x, step time >= 3x), and the
+    float step (fp) on the same model and batch: bsq/fp is the ceiling of bsq/msq;
   * msq --target-compression 16: final compression and MNIST test top-1 against fp
     trained for the same epochs (target: within 1 point at C >= 16);
   * ablation: Hessian-guided k against uniform k = 1 (epochs to the target, top-1);
@@ -71,7 +72,8 @@ def _child_resources(method: str, p: dict) -> dict:
     from mbq.core.quant import quantized_layers
 
     torch.set_num_threads(p["threads"])
-    cfg = _cfg(method, p, Path(tempfile.gettempdir()) / "unused.safetensors", init_bits=8)
+    opts = {} if method == "fp" else {"init_bits": 8}
+    cfg = _cfg(method, p, Path(tempfile.gettempdir()) / "unused.safetensors", **opts)
     dev = resolve_device("auto")
     train, val, test = load_data(cfg, dev)
     m = create_method(cfg)
@@ -118,11 +120,14 @@ def _child_resources(method: str, p: dict) -> dict:
 
 
 def resources(p: dict) -> dict:
-    """Alternating fresh processes (msq, bsq, msq, ...); per method the run with the
-    lowest median step time is kept (other load on a shared machine only adds time)."""
+    """Alternating fresh processes (msq, bsq, fp, msq, ...); per method the run with the
+    lowest median step time is kept (other load on a shared machine only adds time).
+
+    The float step (fp: no quantizer, no regularizer) bounds what any quantizer can save:
+    bsq/msq can never exceed bsq/fp."""
     rows: dict = {}
     for rep in range(p["repeats"]):
-        for method in ("msq", "bsq"):
+        for method in ("msq", "bsq", "fp"):
             _log(f"[1] {method} #{rep + 1}: {p['warmup']} + {p['steps']} steps in a fresh process")
             res = subprocess.run([sys.executable, __file__, "--child", method, "--params", json.dumps(p)],
                                  capture_output=True, text=True, check=False)
@@ -133,8 +138,9 @@ def resources(p: dict) -> dict:
             if method not in rows or row["step_s_median"] < rows[method]["step_s_median"]:
                 rows[method] = row
             rows[method]["step_s_medians"] = row["step_s_medians"]
-    msq, bsq = rows["msq"], rows["bsq"]
-    return {"msq": msq, "bsq": bsq,
+    msq, bsq, fp = rows["msq"], rows["bsq"], rows["fp"]
+    return {"msq": msq, "bsq": bsq, "fp": fp,
+            "step_time_ratio_bound_bsq_over_fp": bsq["step_s_median"] / fp["step_s_median"],
             "param_ratio_total": bsq["trainable_params"] / msq["trainable_params"],
             "param_ratio_quantized_weights": (bsq["trainable_params"] - msq["trainable_params"]
                                               + msq["quantized_weights"]) / msq["quantized_weights"],
@@ -263,8 +269,10 @@ def _summary(doc: dict) -> str:
         f"peak RSS rise      msq {r['msq']['peak_rise_mb']:.0f} MB  bsq {r['bsq']['peak_rise_mb']:.0f} MB  "
         f"ratio {r['peak_rise_ratio']:.2f}x",
         f"step time          msq {r['msq']['step_s_median'] * 1e3:.0f} ms  bsq {r['bsq']['step_s_median'] * 1e3:.0f} ms  "
-        f"ratio {r['step_time_ratio']:.2f}x; at batch {doc['resources_small_batch']['batch']}: "
-        f"{doc['resources_small_batch']['step_time_ratio']:.2f}x",
+        f"fp {r['fp']['step_s_median'] * 1e3:.0f} ms  ratio {r['step_time_ratio']:.2f}x (ceiling bsq/fp "
+        f"{r['step_time_ratio_bound_bsq_over_fp']:.2f}x); at batch {doc['resources_small_batch']['batch']}: "
+        f"{doc['resources_small_batch']['step_time_ratio']:.2f}x (ceiling "
+        f"{doc['resources_small_batch']['bound_bsq_over_fp']:.2f}x)",
         f"C=16 ({doc['params']['epochs']} epochs, {doc['params']['train_subset']} images): fp {a['fp']['top1']:.2f}%  "
         f"msq {hk['top1']:.2f}% at {hk['compression']:.2f}x (gap {a['gap_to_fp']:.2f})",
         f"ablation           hessian k: target at epoch {hk['reached_epoch']}, {hk['top1']:.2f}%;  "
@@ -306,6 +314,7 @@ def main() -> None:
             small = resources(dict(p, batch=p["small_batch"]))
             doc["resources_small_batch"] = {"batch": p["small_batch"],
                                             "step_time_ratio": small["step_time_ratio"],
+                                            "bound_bsq_over_fp": small["step_time_ratio_bound_bsq_over_fp"],
                                             "msq_step_s": small["msq"]["step_s_median"],
                                             "bsq_step_s": small["bsq"]["step_s_median"]}
         if "accuracy" in parts:

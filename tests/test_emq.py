@@ -144,7 +144,9 @@ def test_emq_checkpoint_has_shared_bn_and_evaluates_every_width(emq_ckpt, capsys
     model, meta = load_checkpoint(path)
     assert meta["mbq.bits"] == [2, 4] and meta["mbq.method"] == "emq"
     assert not any(isinstance(m, SwitchableBatchNorm2d) for m in model.modules())
-    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 2
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 2  # one BN per BN site: one affine for every width
+    assert all(m.tracked_widths == [2, 4] for m in bns)  # statistics per trained width (default)
     assert json.loads(meta["mbq.coreset"])["fraction"] == 0.5
 
     code, out, err = _main(capsys, ["eval", str(path), "--bits", "all", "--limit", "500", "--json",
@@ -308,6 +310,24 @@ def test_bn_stats_top_lets_only_the_highest_width_move_the_running_statistics(mo
         assert not seen[1][0] and torch.equal(after, seen[1][1])
     else:
         assert seen[1][0] and not torch.equal(after, seen[1][1])
+
+
+
+def test_bn_stats_per_width_tracks_each_width_under_one_affine():
+    from mbq.core.data import Batch
+    from mbq.core.quant import WidthStatsBatchNorm2d
+
+    method, model, ctx = _emq_step_setup(bn_stats="per-width")
+    model.train()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(isinstance(m, WidthStatsBatchNorm2d) for m in bns)
+    hi = Batch(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)), torch.arange(8))
+    lo = Batch(torch.rand(8, 1, 28, 28) * 3, torch.randint(0, 10, (8,)), torch.arange(8))
+    method.train_step(ctx, {4: hi, 2: lo})
+    assert all(m.tracked_widths == [2, 4] for m in bns)
+    first = bns[0]
+    assert not torch.allclose(first.width_statistics(2)[0], first.width_statistics(4)[0])
+    assert first.weight.grad is not None  # the one affine learns from both widths
 
 
 # --- bad input ----------------------------------------------------------------------------------

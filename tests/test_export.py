@@ -128,12 +128,13 @@ def lsq_ckpt(tmp_path_factory, mnist):
 
 @pytest.fixture(scope="module")
 def multibit_ckpt(tmp_path_factory, mnist):
-    """EMQ-style: DoReFa + WBC (tanh FP path), one shared BN, trained at 2, 4 and 8 bits."""
+    """EMQ-style: DoReFa + WBC (tanh FP path), one shared BN affine with statistics per width,
+    trained at 2, 4 and 8 bits."""
     with pytest.MonkeyPatch.context() as mp:
         _register(mp)
         yield _train_and_save(tmp_path_factory.mktemp("multi") / "multi.safetensors", mnist,
                               "allwidths", {"weight": "dorefa", "act": "clamp_fp", "wbc": True,
-                                            "fp_path": "tanh"}, [2, 4, 8])
+                                            "fp_path": "tanh", "width_stats_bn": True}, [2, 4, 8])
 
 
 def _fake_quant_predictions(ckpt, mnist, setting=None):
@@ -192,11 +193,14 @@ def test_multibit_bit_all_one_file_per_width_each_agrees(fmt, multibit_ckpt, mni
 
 
 @pytest.mark.parametrize("fmt", ["packed", "onnx"])
-def test_multibit_fp_path_with_clipped_float_inputs(fmt, multibit_ckpt, mnist, tmp_path):
-    out = tmp_path / ("fp.onnx" if fmt == "onnx" else "fp.packed.safetensors")
-    f = _export(multibit_ckpt, out, "--format", fmt, "--bit", "fp")["files"][0]
-    assert f["label"] == "fp"
-    ref = _fake_quant_predictions(multibit_ckpt, mnist, Setting(32, 32))
+@pytest.mark.parametrize("bit", ["fp", "3"])  # untrained widths: BN statistics of the nearest / interpolated
+def test_multibit_untrained_width_and_fp_path_with_clipped_float_inputs(fmt, bit, multibit_ckpt, mnist,
+                                                                        tmp_path):
+    out = tmp_path / ("m.onnx" if fmt == "onnx" else "m.packed.safetensors")
+    f = _export(multibit_ckpt, out, "--format", fmt, "--bit", bit)["files"][0]
+    assert f["label"] == bit
+    w = 32 if bit == "fp" else int(bit)
+    ref = _fake_quant_predictions(multibit_ckpt, mnist, Setting(w, w))
     _assert_agree(ref, _exported_predictions(out, fmt, mnist), mnist[1].labels)
 
 

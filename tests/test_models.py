@@ -213,3 +213,13 @@ def test_read_state_dict_file_errors(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(MbqError, match="not a state_dict"):
         read_state_dict_file(tmp_path / "list.pt")
+
+
+def test_train_width_flag_reaches_preact_expand_as_a_float():
+    from mbq.cli.train import build_config
+
+    cfg = build_config({"arch": "preact_resnet20", "width": 0.5}, {"arch", "width"}, {}, [])
+    assert cfg.model.kwargs == {"expand": 0.5}
+    create_model("preact_resnet20", **cfg.model.kwargs)  # builds (16/32/64 channels halved)
+    cfg = build_config({"arch": "preact_resnet20", "width": 2.0}, {"arch", "width"}, {}, [])
+    assert cfg.model.kwargs == {"expand": 2}

@@ -113,3 +113,78 @@ def test_compression_ratio():
     assert compression_ratio(q) == pytest.approx(1.0)
     _, q8 = _pair("resnet20", w_bits=4, a_bits=4, first_last_bits=4)
     assert compression_ratio(q8) == pytest.approx(8.0)
+
+
+def _width_stats_bn_trained():
+    """A WidthStatsBatchNorm2d that saw widths 2, 4 and 8, each with its own input statistics."""
+    from mbq.core.quant import WidthStatsBatchNorm2d
+
+    torch.manual_seed(0)
+    bn = WidthStatsBatchNorm2d(3, momentum=None).train()
+    for b, (shift, scale) in {2: (1.0, 0.5), 4: (2.0, 1.0), 8: (3.0, 1.5)}.items():
+        bn.set_active(b)
+        bn.reset_running_stats()  # momentum None: a plain average over this width's batches
+        for _ in range(5):
+            bn(torch.randn(64, 3, 4, 4) * scale + shift)
+    return bn.eval()
+
+
+def test_width_stats_bn_keeps_statistics_per_trained_width():
+    bn = _width_stats_bn_trained()
+    assert bn.tracked_widths == [2, 4, 8]
+    means = {b: bn.width_statistics(b)[0].mean().item() for b in (2, 4, 8)}
+    assert means[2] == pytest.approx(1.0, abs=0.05) and means[8] == pytest.approx(3.0, abs=0.05)
+    x = torch.randn(10, 3, 4, 4)
+    for b in (2, 4, 8):  # eval normalises with that width's own statistics; running_* mirror them
+        bn.set_active(b)
+        m, v = bn.width_statistics(b)
+        assert torch.equal(bn.running_mean, m) and torch.equal(bn.running_var, v)
+        want = torch.nn.functional.batch_norm(x, m, v, bn.weight, bn.bias, False, 0.0, bn.eps)
+        assert torch.allclose(bn(x), want)
+
+
+def test_width_stats_bn_interpolates_untrained_widths_in_the_squared_step():
+    bn = _width_stats_bn_trained()
+    m2, m4, m8 = (bn.width_statistics(b)[0] for b in (2, 4, 8))
+    step = lambda b: (2 ** b - 1) ** -2.0  # noqa: E731
+    t3 = (step(2) - step(3)) / (step(2) - step(4))
+    assert 0.5 < t3 < 1  # 3 bits sits nearer 4 bits than 2 in quantization noise
+    assert torch.allclose(bn.width_statistics(3)[0], m2 + t3 * (m4 - m2), atol=1e-6)
+    t6 = (step(4) - step(6)) / (step(4) - step(8))
+    assert torch.allclose(bn.width_statistics(6)[0], m4 + t6 * (m8 - m4), atol=1e-6)
+    assert torch.equal(bn.width_statistics(1)[0], m2)  # outside the trained range: nearest
+    assert torch.equal(bn.width_statistics(32)[0], m8)
+
+
+def test_width_stats_bn_recalibrates_one_width_and_round_trips(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from mbq.core.evaluate import recalibrate_bn
+    from mbq.core.quant import WidthStatsBatchNorm2d
+
+    bn = _width_stats_bn_trained()
+    before = {b: bn.width_statistics(b)[0].clone() for b in (2, 4, 8)}
+    bn.set_active(3)
+    model = nn.Sequential(bn)
+    recalibrate_bn(model, [type("B", (), {"x": torch.randn(32, 3, 4, 4) + 7})() for _ in range(3)], 3)
+    assert bn.tracked_widths == [2, 3, 4, 8]
+    assert bn.width_statistics(3)[0].mean().item() == pytest.approx(7.0, abs=0.1)
+    assert all(torch.equal(bn.width_statistics(b)[0], before[b]) for b in (2, 4, 8))
+    save_file(bn.state_dict(), tmp_path / "bn.safetensors")  # no shared tensors
+    back = WidthStatsBatchNorm2d(3)
+    back.load_state_dict(load_file(tmp_path / "bn.safetensors"))
+    assert back._active == 3 and back.tracked_widths == [2, 3, 4, 8]
+
+
+def test_quantize_model_width_stats_bn_follows_set_bits():
+    from mbq.core.quant import WidthStatsBatchNorm2d
+
+    _, q = _pair("resnet20", w_bits=8, a_bits=8, wbc=True, width_stats_bn=True)
+    bns = [m for m in q.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(isinstance(m, WidthStatsBatchNorm2d) for m in bns)
+    q.train()
+    for b in (8, 2):
+        set_bits(q, b, b)
+        q(torch.rand(16, 1, 28, 28))
+    assert all(m.tracked_widths == [2, 8] and m._active == 2 for m in bns)
+    assert not torch.equal(bns[-1].width_statistics(2)[0], bns[-1].width_statistics(8)[0])

@@ -84,7 +84,7 @@ def build_config(values: dict, explicit: set[str], file_values: dict, extra_args
             except ValueError as e:
                 raise MbqError(str(e)) from None
         if k == "width" and str(merged.get("arch", "")).startswith("preact"):
-            _set(doc, "model.kwargs.expand", int(v))
+            _set(doc, "model.kwargs.expand", int(v) if float(v).is_integer() else float(v))
             continue
         if k == "width" and float(v).is_integer():
             v = int(v)

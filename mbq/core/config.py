@@ -90,6 +90,7 @@ class QuantConfig(_Strict):
     wbc_detach: bool = False
     wbc_per_channel: bool = True
     switchable_bn: list[int] | None = None
+    width_stats_bn: bool = False  # one affine, running statistics per width (EMQ --bn-stats per-width)
 
     @field_validator("w_bits", "a_bits", "first_last_bits")
     @classmethod

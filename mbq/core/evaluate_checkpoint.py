@@ -116,7 +116,7 @@ def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]]
         method.apply_setting(model, s)
         if recalibrate_bn:
             recal(model, calib, recalibrate_bn)
-        note = method.prepare_eval(model, s, calib)
+        note = method.prepare_eval(model, s, calib, recalibrated=recalibrate_bn)
         if note and note not in notes:
             notes.append(note)
         r = evaluate(model, loader)

@@ -90,9 +90,13 @@ class AnyPrecMethod(MultiBitMethod):
             if isinstance(m, SwitchableBatchNorm2d):
                 m.set_active(near)
 
-    def prepare_eval(self, model: nn.Module, s: Setting, calib) -> str | None:
+    def prepare_eval(self, model: nn.Module, s: Setting, calib, recalibrated: int = 0) -> str | None:
         if s.w is None or s.w in self.cfg.bits:
             return None
+        if recalibrated:
+            return (f"anyprec: width {_bits_text([s.w])} was not trained; evaluated with the "
+                    f"{_bits_text([_nearest(list(self.cfg.bits), s.w)])}-bit BatchNorm re-calibrated on "
+                    f"{recalibrated} training batches (--recalibrate-bn)")
         if calib is None:
             return (f"anyprec: width {_bits_text([s.w])} was not trained and no calibration data was "
                     f"given; it uses the {_bits_text([_nearest(list(self.cfg.bits), s.w)])}-bit BN as is")

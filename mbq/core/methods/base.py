@@ -79,8 +79,13 @@ class Method(ABC):
     def adopt_init(self, meta: dict) -> None:
         """Called with the metadata of an mbq ``--init`` checkpoint before the model is built."""
 
-    def prepare_eval(self, model: nn.Module, s: Setting, calib: Iterable | None) -> str | None:
-        """Called after apply_setting before evaluating; may recalibrate. Returns a note."""
+    def prepare_eval(self, model: nn.Module, s: Setting, calib: Iterable | None,
+                     recalibrated: int = 0) -> str | None:
+        """Called after apply_setting before evaluating; may recalibrate. Returns a note.
+
+        ``recalibrated``: the caller has just re-estimated every BN on that many batches
+        (``mbq eval --recalibrate-bn N``); a method must not re-estimate again.
+        """
         return None
 
     def score(self, ctx, dataset, loader) -> float:

@@ -52,7 +52,8 @@ class EMQMethod(MultiBitMethod):
         if act == "clamp" and o.fp_act == "clamp":
             act = "clamp_fp"  # the shared BN sees [0, 1] activations at every width, FP included
         return self._quant(act=act, wbc=o.wbc, wbc_detach=o.wbc_detach,
-                           wbc_per_channel=o.wbc_per_channel, switchable_bn=None)
+                           wbc_per_channel=o.wbc_per_channel, switchable_bn=None,
+                           width_stats_bn=o.bn_stats == "per-width")
 
     # --- schedule ------------------------------------------------------------------
     def steps_per_epoch(self, n_batches: int) -> int:

@@ -72,12 +72,17 @@ class MEBQATMethod(Method):
     def supports_pair(self, w: int, a: int) -> bool:
         return (w, a) in self.pairs
 
-    def prepare_eval(self, model, s: Setting, calib) -> str | None:
+    def prepare_eval(self, model, s: Setting, calib, recalibrated: int = 0) -> str | None:
         if self.opts.bn_mode == "batch":
             return ("mebqat --bn-mode batch: BN normalises with each test batch's statistics "
                     "(results depend on --batch-size)")
-        if calib is not None:
-            recalibrate_bn(model, calib, self.opts.recal_batches)
+        if recalibrated:
+            return (f"mebqat: BN statistics re-estimated at each pair on {recalibrated} training "
+                    "batches (--recalibrate-bn)")
+        if calib is None:
+            return ("mebqat: no training data to re-estimate BN statistics with; the stored "
+                    "running statistics are used as they are")
+        recalibrate_bn(model, calib, self.opts.recal_batches)
         return (f"mebqat: BN statistics re-estimated at each pair on {self.opts.recal_batches} "
                 "training batches (--bn-mode recalibrate)")
 

@@ -4,8 +4,10 @@ from . import functional
 from .convert import (average_bits, compression_ratio, get_bit_scheme, quantize_model,
                       quantized_layers, set_bit_scheme, set_bits, weight_layers)
 from .functional import FP_BITS, VALID_BITS, is_fp
-from .modules import QConv2d, QLinear, QUANT_LAYERS, SwitchableBatchNorm2d
+from .modules import (BN_SWITCHES, QConv2d, QLinear, QUANT_LAYERS, SwitchableBatchNorm2d,
+                      WidthStatsBatchNorm2d)
 
 __all__ = ["functional", "quantize_model", "set_bits", "get_bit_scheme", "set_bit_scheme",
            "quantized_layers", "weight_layers", "compression_ratio", "average_bits", "FP_BITS",
-           "VALID_BITS", "is_fp", "QConv2d", "QLinear", "QUANT_LAYERS", "SwitchableBatchNorm2d"]
+           "VALID_BITS", "is_fp", "QConv2d", "QLinear", "QUANT_LAYERS", "SwitchableBatchNorm2d",
+           "WidthStatsBatchNorm2d", "BN_SWITCHES"]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import functional as F
-from .modules import QUANT_LAYERS, QConv2d, QLinear, SwitchableBatchNorm2d
+from .modules import BN_SWITCHES, QUANT_LAYERS, QConv2d, QLinear, SwitchableBatchNorm2d, WidthStatsBatchNorm2d
 
 
 def _set_child(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -70,6 +70,13 @@ def quantize_model(model: nn.Module, qconfig) -> nn.Module:
             for bn in sbn.bns.values():
                 bn.load_state_dict(m.state_dict())
             _set_child(model, name, sbn.to(next(m.parameters(), torch.empty(0)).device))
+    elif getattr(qconfig, "width_stats_bn", False):
+        for name, m in [(n, m) for n, m in model.named_modules() if type(m) is nn.BatchNorm2d]:
+            wbn = WidthStatsBatchNorm2d(m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
+                                        device=m.running_mean.device)
+            wbn.load_state_dict(m.state_dict(), strict=False)
+            wbn.set_active(qconfig.w_bits)
+            _set_child(model, name, wbn)
     return model
 
 
@@ -86,12 +93,12 @@ def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def set_bits(model: nn.Module, w: int, a: int | None = None) -> nn.Module:
     """Set every non-pinned quantized layer to ``w``-bit weights, ``a``-bit inputs.
 
-    ``a=None`` keeps each layer's activation width. Switchable BNs follow ``w``.
+    ``a=None`` keeps each layer's activation width. BNs with per-width state follow ``w``.
     """
     for _, m in quantized_layers(model, include_pinned=False):
         m.set_precision(w, a)
     for m in model.modules():
-        if isinstance(m, SwitchableBatchNorm2d):
+        if isinstance(m, BN_SWITCHES):
             m.set_active(w)
     return model
 

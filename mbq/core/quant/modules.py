@@ -1,5 +1,5 @@
-"""Fake-quantized layers (drop-in subclasses of nn.Conv2d / nn.Linear) and
-switchable BatchNorm.
+"""Fake-quantized layers (drop-in subclasses of nn.Conv2d / nn.Linear),
+switchable BatchNorm and BatchNorm with per-width statistics.
 
 A layer's current widths live in the buffers ``w_bits`` / ``a_bits`` so that
 state_dict, safetensors and DDP broadcasts carry them; a Python-int mirror
@@ -131,3 +131,92 @@ class SwitchableBatchNorm2d(nn.Module):
 
 def _refresh_active_cache(module, _incompatible) -> None:
     module._active = int(module.active)
+
+
+class WidthStatsBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm2d whose affine is shared by every bit-width while its running
+    statistics are kept per width (EMQ ``--bn-stats per-width``).
+
+    There is a row of statistics for every valid width; a row is *tracked* once
+    training (or a re-calibration) has normalised that width. A width without a
+    tracked row uses statistics interpolated between the tracked widths around
+    it, linearly in the squared quantization step (2^b - 1)^-2 — the quantity
+    the statistics drift with (0 at FP) — or the nearest tracked width outside
+    their range, so every width evaluates with no data. ``running_mean`` /
+    ``running_var`` hold the active width's statistics: training updates them
+    and copies them into the row; folding and export read them as usual.
+    """
+
+    def __init__(self, num_features: int, **bn_kwargs):
+        super().__init__(num_features, **bn_kwargs)
+        if not self.track_running_stats:
+            raise ValueError("WidthStatsBatchNorm2d needs track_running_stats=True")
+        k = len(F.VALID_BITS)
+        dev = self.running_mean.device
+        self.register_buffer("width_mean", torch.zeros(k, num_features, device=dev))
+        self.register_buffer("width_var", torch.ones(k, num_features, device=dev))
+        self.register_buffer("width_tracked", torch.zeros(k, dtype=torch.bool, device=dev))
+        self.register_buffer("active", torch.tensor(F.FP_BITS, dtype=torch.int64, device=dev))
+        self._active = F.FP_BITS
+        self.register_load_state_dict_post_hook(_refresh_active_cache)
+
+    @staticmethod
+    def _row(bits: int) -> int:
+        return F.VALID_BITS.index(int(bits))
+
+    @property
+    def tracked_widths(self) -> list[int]:
+        return [b for b, t in zip(F.VALID_BITS, self.width_tracked.tolist()) if t]
+
+    @torch.no_grad()
+    def width_statistics(self, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, var) that width ``bits`` normalises with in evaluation."""
+        r = self._row(bits)
+        if self.width_tracked[r]:
+            return self.width_mean[r], self.width_var[r]
+        known = self.tracked_widths
+        if not known:  # nothing per width yet: the shared estimate
+            return self.running_mean, self.running_var
+        lo = [b for b in known if b < bits]
+        hi = [b for b in known if b > bits]
+        if not lo or not hi:
+            near = self._row(lo[-1] if lo else hi[0])
+            return self.width_mean[near], self.width_var[near]
+        d_lo, d, d_hi = (_step_sq(b) for b in (lo[-1], bits, hi[0]))
+        t = (d_lo - d) / (d_lo - d_hi)
+        i, j = self._row(lo[-1]), self._row(hi[0])
+        return (torch.lerp(self.width_mean[i], self.width_mean[j], t),
+                torch.lerp(self.width_var[i], self.width_var[j], t))
+
+    @torch.no_grad()
+    def set_active(self, bits: int) -> None:
+        self._row(bits)  # validates
+        self.active.fill_(int(bits))
+        self._active = int(bits)
+        mean, var = self.width_statistics(bits)
+        self.running_mean.copy_(mean)
+        self.running_var.copy_(var)
+
+    def reset_running_stats(self) -> None:
+        super().reset_running_stats()
+        if hasattr(self, "width_tracked"):  # re-calibration: the active width starts afresh
+            self.width_tracked[self._row(self._active)] = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            y = super().forward(x)  # batch statistics; updates running_* (the active width's)
+            r = self._row(self._active)
+            with torch.no_grad():
+                self.width_mean[r].copy_(self.running_mean)
+                self.width_var[r].copy_(self.running_var)
+                self.width_tracked[r] = True
+            return y
+        mean, var = self.width_statistics(self._active)
+        return TF.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+def _step_sq(bits: int) -> float:
+    return 0.0 if F.is_fp(bits) else float(2 ** bits - 1) ** -2
+
+
+BN_SWITCHES = (SwitchableBatchNorm2d, WidthStatsBatchNorm2d)

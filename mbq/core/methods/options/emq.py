@@ -29,10 +29,11 @@ class EMQOptions(MultiBitOptions):
                              "every quantized width (one shared BN fits all widths) or pass unchanged")
     wbc_detach: bool = Field(False, description="treat the WBC statistics as constants in backward")
     wbc_per_channel: bool = Field(True, description="WBC statistics per output channel (else per tensor)")
-    bn_stats: Literal["batch", "top"] = Field(
-        "batch", description="shared-BN statistics in training: every width normalises with its own "
-                             "batch (batch), or only the highest width does and updates the running "
-                             "statistics, which every lower width then normalises with, as in eval (top)")
+    bn_stats: Literal["per-width", "batch", "top"] = Field(
+        "per-width", description="shared-BN running statistics: one per trained width under the one shared "
+                             "affine, untrained widths interpolated, no data needed (per-width); one "
+                             "estimate for all widths (batch); or only the highest width normalises with its batch and the "
+                             "lower widths train against the running statistics, as in eval (top)")
     child_loss: Literal["mean", "sum"] = Field(
         "mean", description="combine the widths' losses into one step: mean keeps the step size "
                             "independent of how many widths train; sum is Any-Precision's")
