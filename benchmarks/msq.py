@@ -32,7 +32,7 @@ from pathlib import Path
 
 # resources and sensitivity at resnet20 width 1 (the paper's model); the three training
 # runs at width 0.5 so that they fit the time budget on 2 shared CPU cores
-FULL = {"arch": "resnet20", "width": 1.0, "batch": 128, "warmup": 2, "steps": 6, "repeats": 2,
+FULL = {"arch": "resnet20", "width": 1.0, "batch": 128, "warmup": 3, "steps": 15, "repeats": 3,
         "train_width": 0.5, "train_subset": 12000, "epochs": 10, "val_size": 500, "probes": 64,
         "sens_batch": 32, "loop_probes": 2, "hessian_probes": 4, "threads": 2,
         "small_batch": 16}
