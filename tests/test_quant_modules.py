@@ -188,3 +188,17 @@ def test_quantize_model_width_stats_bn_follows_set_bits():
         q(torch.rand(16, 1, 28, 28))
     assert all(m.tracked_widths == [2, 8] and m._active == 2 for m in bns)
     assert not torch.equal(bns[-1].width_statistics(2)[0], bns[-1].width_statistics(8)[0])
+
+
+def test_width_stats_bn_loads_a_plain_shared_bn_state_and_uses_its_estimate():
+    """EMQ checkpoints written before per-width statistics (one shared estimate) still load."""
+    from mbq.core.quant import WidthStatsBatchNorm2d
+
+    plain = nn.BatchNorm2d(3).train()
+    plain(torch.randn(32, 3, 4, 4) * 2 + 1)
+    bn = WidthStatsBatchNorm2d(3)
+    bn.load_state_dict(plain.state_dict())  # strict: the missing rows are not an error
+    bn.eval().set_active(2)
+    assert bn.tracked_widths == []
+    x = torch.randn(5, 3, 4, 4)
+    assert torch.allclose(bn(x), plain.eval()(x))

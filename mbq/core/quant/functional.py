@@ -60,6 +60,20 @@ def dorefa_weight(w: torch.Tensor, bits: int, fp_path: str = "tanh") -> torch.Te
     return e * (2 * q - 1)
 
 
+def dorefa_weight_and_reference(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``dorefa_weight(w, bits)``, ``dorefa_weight(w, 32, "tanh")``) sharing one tanh, max
+    and mean: what WBC needs at every forward of a quantized width."""
+    e = w.abs().mean().detach()
+    t = torch.tanh(w)
+    m = t.abs().max().detach()
+    ref = t * (e / m)
+    if bits == 1:
+        return e * sign_ste(w), ref
+    n = _levels(bits)
+    q = round_ste((t / (2 * m) + 0.5) * n) / n
+    return e * (2 * q - 1), ref
+
+
 class _ClampQuant(torch.autograd.Function):
     """q_b(clamp(x, 0, 1)) with the clamp's gradient mask.
 
@@ -185,8 +199,8 @@ def weight_bias_correction(w_q: torch.Tensor, w_ref: torch.Tensor, per_channel: 
     shape = w_q.shape
     q = w_q.reshape(shape[0], -1) if per_channel else w_q.reshape(1, -1)
     r = w_ref.reshape(shape[0], -1) if per_channel else w_ref.reshape(1, -1)
-    mu_q, sd_q = q.mean(1, keepdim=True), q.std(1, unbiased=False, keepdim=True)
-    mu_r, sd_r = r.mean(1, keepdim=True), r.std(1, unbiased=False, keepdim=True)
+    sd_q, mu_q = torch.std_mean(q, 1, correction=0, keepdim=True)
+    sd_r, mu_r = torch.std_mean(r, 1, correction=0, keepdim=True)
     if detach:
         mu_q, sd_q, mu_r, sd_r = (t.detach() for t in (mu_q, sd_q, mu_r, sd_r))
     return ((sd_r / (sd_q + eps)) * (q - mu_q) + mu_r).reshape(shape)

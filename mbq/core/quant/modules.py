@@ -51,11 +51,12 @@ class _QuantLayer:
 
     def quantized_weight(self, bits: int | None = None) -> torch.Tensor:
         bits = self._wb if bits is None else bits
-        w_q = self.weight_quant(self.weight, bits)
-        if self.wbc and not F.is_fp(bits):
-            w_q = F.weight_bias_correction(w_q, self.reference_weight(), self.wbc_per_channel,
-                                           self.wbc_detach)
-        return w_q
+        if not self.wbc or F.is_fp(bits):
+            return self.weight_quant(self.weight, bits)
+        both = getattr(self.weight_quant, "with_reference", None)  # one pass where it can
+        w_q, w_ref = both(self.weight, bits) if both else (self.weight_quant(self.weight, bits),
+                                                           self.reference_weight())
+        return F.weight_bias_correction(w_q, w_ref, self.wbc_per_channel, self.wbc_detach)
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.act_quant(x, self._ab)
@@ -142,9 +143,10 @@ class WidthStatsBatchNorm2d(nn.BatchNorm2d):
     tracked row uses statistics interpolated between the tracked widths around
     it, linearly in the squared quantization step (2^b - 1)^-2 — the quantity
     the statistics drift with (0 at FP) — or the nearest tracked width outside
-    their range, so every width evaluates with no data. ``running_mean`` /
-    ``running_var`` hold the active width's statistics: training updates them
-    and copies them into the row; folding and export read them as usual.
+    their range, so every width evaluates with no data. Training updates the
+    active width's row in place; ``set_active`` copies the active width's
+    statistics into ``running_mean`` / ``running_var``, which folding and export
+    read as usual.
     """
 
     def __init__(self, num_features: int, **bn_kwargs):
@@ -158,7 +160,8 @@ class WidthStatsBatchNorm2d(nn.BatchNorm2d):
         self.register_buffer("width_tracked", torch.zeros(k, dtype=torch.bool, device=dev))
         self.register_buffer("active", torch.tensor(F.FP_BITS, dtype=torch.int64, device=dev))
         self._active = F.FP_BITS
-        self.register_load_state_dict_post_hook(_refresh_active_cache)
+        self._tracked = [False] * k  # Python mirror of width_tracked: no tensor op per forward
+        self.register_load_state_dict_post_hook(_refresh_width_stats)
 
     @staticmethod
     def _row(bits: int) -> int:
@@ -166,16 +169,16 @@ class WidthStatsBatchNorm2d(nn.BatchNorm2d):
 
     @property
     def tracked_widths(self) -> list[int]:
-        return [b for b, t in zip(F.VALID_BITS, self.width_tracked.tolist()) if t]
+        return [b for b, t in zip(F.VALID_BITS, self._tracked) if t]
 
     @torch.no_grad()
     def width_statistics(self, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, var) that width ``bits`` normalises with in evaluation."""
         r = self._row(bits)
-        if self.width_tracked[r]:
+        if self._tracked[r]:
             return self.width_mean[r], self.width_var[r]
         known = self.tracked_widths
-        if not known:  # nothing per width yet: the shared estimate
+        if not known:  # nothing per width yet (e.g. a plain shared-BN checkpoint): the one estimate
             return self.running_mean, self.running_var
         lo = [b for b in known if b < bits]
         hi = [b for b in known if b > bits]
@@ -200,19 +203,41 @@ class WidthStatsBatchNorm2d(nn.BatchNorm2d):
     def reset_running_stats(self) -> None:
         super().reset_running_stats()
         if hasattr(self, "width_tracked"):  # re-calibration: the active width starts afresh
-            self.width_tracked[self._row(self._active)] = False
+            r = self._row(self._active)
+            self.width_mean[r].zero_()
+            self.width_var[r].fill_(1)
+            self.width_tracked[r] = False
+            self._tracked[r] = False
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a checkpoint from a plain shared BN (older EMQ, --bn-stats batch) has no rows: it
+        # loads with none tracked, so every width normalises with its one shared estimate
+        for name in ("width_mean", "width_var", "width_tracked", "active"):
+            state_dict.setdefault(prefix + name, getattr(self, name))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            y = super().forward(x)  # batch statistics; updates running_* (the active width's)
-            r = self._row(self._active)
-            with torch.no_grad():
-                self.width_mean[r].copy_(self.running_mean)
-                self.width_var[r].copy_(self.running_var)
-                self.width_tracked[r] = True
-            return y
-        mean, var = self.width_statistics(self._active)
-        return TF.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
+        r = self._row(self._active)
+        if not self.training:
+            if self._tracked[r]:
+                return TF.batch_norm(x, self.width_mean[r], self.width_var[r], self.weight, self.bias,
+                                     False, 0.0, self.eps)
+            # untrained width: set_active put its interpolated statistics in running_*
+            return TF.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                 False, 0.0, self.eps)
+        self.num_batches_tracked.add_(1)
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        if not self._tracked[r]:
+            self._tracked[r] = True
+            self.width_tracked[r] = True
+        # batch statistics; the active width's row is the running estimate, updated in place
+        return TF.batch_norm(x, self.width_mean[r], self.width_var[r], self.weight, self.bias,
+                             True, factor, self.eps)
+
+
+def _refresh_width_stats(module, _incompatible) -> None:
+    module._tracked = [bool(t) for t in module.width_tracked.tolist()]
+    module.set_active(int(module.active))
 
 
 def _step_sq(bits: int) -> float:

@@ -26,6 +26,12 @@ class DoReFaWeight(nn.Module):
     def forward(self, w: torch.Tensor, bits: int) -> torch.Tensor:
         return F.dorefa_weight(w, bits, self.fp_path)
 
+    def with_reference(self, w: torch.Tensor, bits: int):
+        """(weight at ``bits``, FP-path weight) in one pass; only for the tanh FP path."""
+        if self.fp_path != "tanh" or F.is_fp(bits):
+            return self(w, bits), self(w, F.FP_BITS)
+        return F.dorefa_weight_and_reference(w, bits)
+
     def extra_repr(self) -> str:
         return f"fp_path={self.fp_path}"
 
