@@ -199,11 +199,13 @@ def weight_bias_correction(w_q: torch.Tensor, w_ref: torch.Tensor, per_channel: 
     shape = w_q.shape
     q = w_q.reshape(shape[0], -1) if per_channel else w_q.reshape(1, -1)
     r = w_ref.reshape(shape[0], -1) if per_channel else w_ref.reshape(1, -1)
-    sd_q, mu_q = torch.std_mean(q, 1, correction=0, keepdim=True)
     sd_r, mu_r = torch.std_mean(r, 1, correction=0, keepdim=True)
-    if detach:
-        mu_q, sd_q, mu_r, sd_r = (t.detach() for t in (mu_q, sd_q, mu_r, sd_r))
-    return ((sd_r / (sd_q + eps)) * (q - mu_q) + mu_r).reshape(shape)
+    if not detach:
+        # (q - mean) / std per row is layer_norm without affine: one fused kernel forward and
+        # backward (eps enters under the square root, so eps**2 there matches std + eps)
+        return (torch.nn.functional.layer_norm(q, q.shape[1:], eps=eps * eps) * sd_r + mu_r).reshape(shape)
+    sd_q, mu_q = torch.std_mean(q.detach(), 1, correction=0, keepdim=True)
+    return ((sd_r.detach() / (sd_q + eps)) * (q - mu_q) + mu_r.detach()).reshape(shape)
 
 
 def wbc_affine(w_q: torch.Tensor, w_ref: torch.Tensor, per_channel: bool = True,
