@@ -54,6 +54,15 @@ def test_clamp_act_grid_and_gradient(bits):
     assert torch.all(x.grad[x < -0.1] == 0) and torch.all(x.grad[x > 1.1] == 0)
 
 
+@pytest.mark.parametrize("bits", [1, 3, 8])
+def test_clamp_act_without_grad_matches_the_training_path(bits):
+    x = torch.linspace(-0.5, 1.5, 1001)
+    trained = F.clamp_act(x.clone().requires_grad_(), bits).detach()
+    with torch.no_grad():
+        assert torch.equal(F.clamp_act(x.clone().requires_grad_(), bits), trained)
+    assert torch.equal(F.clamp_act(x, bits), trained)
+
+
 def test_clamp_act_fp_identity():
     x = torch.randn(10)
     assert F.clamp_act(x, 32) is x

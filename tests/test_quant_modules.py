@@ -202,3 +202,23 @@ def test_width_stats_bn_loads_a_plain_shared_bn_state_and_uses_its_estimate():
     assert bn.tracked_widths == []
     x = torch.randn(5, 3, 4, 4)
     assert torch.allclose(bn(x), plain.eval()(x))
+
+
+def test_inference_layout_is_channels_last_inside_and_restores_the_model():
+    from mbq.core._layout import inference_layout
+    from mbq.core.evaluate import evaluate
+    from mbq.core.data.loader import Batch
+    torch.manual_seed(0)
+    model = quantize_model(create_model("resnet20", width=0.25), QuantConfig(weight="dorefa", act="clamp")).eval()
+    set_bits(model, 3, 3)
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        ref = model(x)
+        with inference_layout(model) as layout:
+            conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+            assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+            assert layout(x).is_contiguous(memory_format=torch.channels_last)
+            assert torch.allclose(model(layout(x)), ref, atol=1e-5)
+    assert all(p.is_contiguous() for p in model.parameters())
+    res = evaluate(model, [Batch(x, ref.argmax(1), torch.arange(8))])
+    assert res["top1"] == 100.0

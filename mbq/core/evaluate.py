@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._layout import inference_layout
+
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, max_batches: int | None = None) -> dict[str, float]:
@@ -14,13 +16,14 @@ def evaluate(model: nn.Module, loader: Iterable, max_batches: int | None = None)
     was_training = model.training
     model.eval()
     correct, loss, n = 0, 0.0, 0
-    for i, batch in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        logits = model(batch.x).float()
-        loss += F.cross_entropy(logits, batch.y, reduction="sum").item()
-        correct += (logits.argmax(1) == batch.y).sum().item()
-        n += len(batch.y)
+    with inference_layout(model) as layout:
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            logits = model(layout(batch.x)).float()
+            loss += F.cross_entropy(logits, batch.y, reduction="sum").item()
+            correct += (logits.argmax(1) == batch.y).sum().item()
+            n += len(batch.y)
     model.train(was_training)
     return {"top1": 100.0 * correct / max(n, 1), "loss": loss / max(n, 1), "n": n}
 
@@ -29,7 +32,8 @@ def evaluate(model: nn.Module, loader: Iterable, max_batches: int | None = None)
 def predict(model: nn.Module, loader: Iterable) -> torch.Tensor:
     """Arg-max class of every sample, in loader order (CPU int64)."""
     model.eval()
-    return torch.cat([model(b.x).argmax(1).cpu() for b in loader])
+    with inference_layout(model) as layout:
+        return torch.cat([model(layout(b.x)).argmax(1).cpu() for b in loader])
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._layout import inference_layout
 from .sampling import mix_seed
 
 FORWARD_SCORES = ("el2n", "grand", "entropy")
@@ -79,17 +80,18 @@ def compute_scores(model: nn.Module, loader: Iterable, score: str, n: int, *, se
     was_training = model.training
     model.eval()
     try:
-        for batch in loader:
-            logits = model(batch.x)
-            if score == "el2n":
-                s = el2n(logits, batch.y)
-            elif score == "entropy":
-                s = entropy(logits)
-            else:
-                s = grand(logits, batch.y, hook.value, hook.layer.bias is not None)
-            out[batch.idx.cpu()] = s.float().cpu()
-            if progress is not None:
-                progress(len(batch.y))
+        with inference_layout(model) as layout:
+            for batch in loader:
+                logits = model(layout(batch.x))
+                if score == "el2n":
+                    s = el2n(logits, batch.y)
+                elif score == "entropy":
+                    s = entropy(logits)
+                else:
+                    s = grand(logits, batch.y, hook.value, hook.layer.bias is not None)
+                out[batch.idx.cpu()] = s.float().cpu()
+                if progress is not None:
+                    progress(len(batch.y))
     finally:
         if hook is not None:
             hook.close()

@@ -98,7 +98,10 @@ def clamp_act(x: torch.Tensor, bits: int) -> torch.Tensor:
     """q_b(clamp(x, 0, 1)) with a straight-through gradient inside [0, 1]."""
     if is_fp(bits):
         return x
-    return _ClampQuant.apply(x, _levels(bits))
+    levels = _levels(bits)
+    if not (x.requires_grad and torch.is_grad_enabled()):  # eval/scoring: no mask to keep
+        return x.clamp(0, 1).mul_(levels).round_().div_(levels)
+    return _ClampQuant.apply(x, levels)
 
 
 def pact_act(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
