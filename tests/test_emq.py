@@ -166,6 +166,29 @@ def test_emq_checkpoint_has_shared_bn_and_evaluates_every_width(emq_ckpt, capsys
     assert code == 0 and json.loads(out)["top1"] == top["3"]
 
 
+def test_eval_recalibrates_only_the_extrapolated_widths_when_asked(emq_ckpt, capsys):
+    path, _ = emq_ckpt  # trained at 2 and 4: 1, 5..8 and FP lie outside, 3 between
+    base = ["eval", str(path), "--bits", "1,2,3,5,fp", "--limit", "300", "--json", "--device", "cpu"]
+    code, out, err = _main(capsys, base + ["--recalibrate-bn", "2", "--recalibrate-widths", "extrapolated"])
+    assert code == 0, err
+    rows = {r["label"]: r for r in json.loads(out)["results"]}
+    assert {k: r["recalibrated_bn"] for k, r in rows.items()} == {"1": 2, "2": None, "3": None, "5": 2, "fp": 2}
+    code, out, _ = _main(capsys, base)
+    plain = {r["label"]: r["top1"] for r in json.loads(out)["results"]}
+    assert rows["2"]["top1"] == plain["2"] and rows["3"]["top1"] == plain["3"]  # untouched: data-free
+    code, out, _ = _main(capsys, base + ["--recalibrate-bn", "2"])
+    every = {r["label"]: r for r in json.loads(out)["results"]}
+    assert all(r["recalibrated_bn"] == 2 for r in every.values())
+    assert every["1"]["top1"] == rows["1"]["top1"]  # the same batches either way
+
+
+@pytest.mark.parametrize("args, msg", [(["--recalibrate-widths", "extrapolated"], "needs --recalibrate-bn"),
+                                       (["--recalibrate-bn", "2", "--recalibrate-widths", "some"], "all or extrapolated")])
+def test_eval_recalibrate_widths_bad_input(emq_ckpt, capsys, args, msg):
+    code, out, err = _main(capsys, ["eval", str(emq_ckpt[0]), "--bit", "3", "--device", "cpu", *args])
+    assert code == 2 and out == "" and msg in err and len(err.strip().splitlines()) == 1, err
+
+
 # --- coreset state across --resume ------------------------------------------------------------
 
 class _StopAfter:

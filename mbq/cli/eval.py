@@ -25,7 +25,8 @@ def eval_cmd(
     batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 256,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate on the first N test images only.")] = None,
     recalibrate_bn: Annotated[int, typer.Option(help="Re-estimate BN statistics on N training batches first.")] = 0,
-    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of top-1 against bit-width (needs mbq[plot]).")] = None,
+    recalibrate_widths: Annotated[str, typer.Option(help="With --recalibrate-bn: 'all' widths, or only those 'extrapolated' beyond the trained range (EMQ: 1 and FP of a 2,4,8 model; the others keep their data-free statistics).")] = "all",
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of top-1 against bit-width (needs matplotlib, the plot extra).")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     device: DeviceOpt = "auto",
@@ -43,6 +44,11 @@ def eval_cmd(
         raise MbqError("--wbits and --abits go together")
     if recalibrate_bn < 0 or batch_size < 1 or (limit is not None and limit < 1):
         raise MbqError("--recalibrate-bn must be >= 0, --batch-size and --limit >= 1")
+    recalibrate_widths = recalibrate_widths.strip().lower()
+    if recalibrate_widths not in ("all", "extrapolated"):
+        raise MbqError(f"--recalibrate-widths takes all or extrapolated (got {recalibrate_widths})")
+    if recalibrate_widths != "all" and not recalibrate_bn:
+        raise MbqError("--recalibrate-widths needs --recalibrate-bn N (how many batches)")
     try:
         pairs = None
         if bit is not None:
@@ -74,7 +80,8 @@ def eval_cmd(
 
     result = exported or evaluate_checkpoint(checkpoint, pairs=pairs, dataset=dataset,
                                  data_dir=str(data_dir) if data_dir else None, batch_size=batch_size,
-                                 limit=limit, recalibrate_bn=recalibrate_bn, device=device, seed=seed,
+                                 limit=limit, recalibrate_bn=recalibrate_bn,
+                                 recalibrate_widths=recalibrate_widths, device=device, seed=seed,
                                  all_requested=(bits or "").strip().lower() == "all",
                                  episodes=episodes, ways=ways, shots=shots, queries=queries)
     for note in result["notes"]:

@@ -40,12 +40,14 @@ def datasets_for(meta: dict, cfg, dataset: str | None, data_dir: str | None):
 def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]] | str | None = None,
                         dataset: str | None = None, data_dir: str | None = None,
                         batch_size: int = 256, limit: int | None = None, recalibrate_bn: int = 0,
-                        device: str = "auto", seed: int = 0, all_requested: bool = False,
+                        recalibrate_widths: str = "all", device: str = "auto", seed: int = 0, all_requested: bool = False,
                         episodes: int | None = None, ways: int | None = None,
                         shots: int | None = None, queries: int | None = None) -> dict:
     """``pairs``: None (the method's own settings), ``"all"`` (every valid (w, a) pair
     the checkpoint answers at) or a list; ``episodes``/``ways``/``shots``/``queries``
-    shape the episodes of a few-shot checkpoint."""
+    shape the episodes of a few-shot checkpoint. ``recalibrate_widths="extrapolated"``
+    re-estimates BN (``recalibrate_bn`` batches) only at widths outside the trained range,
+    where a shared BN's per-width statistics have a neighbour on one side only."""
     import torch
 
     from .checkpoint import load_checkpoint
@@ -108,15 +110,26 @@ def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]]
     loader = BatchLoader(test, batch_size, shuffle=False, augment=False, device=dev)
     calib = BatchLoader(train.to(dev), min(batch_size, 256), shuffle=True, augment=False, device=dev,
                         seed=seed)
+    if recalibrate_widths not in ("all", "extrapolated"):
+        raise MbqError(f"--recalibrate-widths takes all or extrapolated (got {recalibrate_widths})")
+    trained = [b for b in method.trained_bits() if b is not None]
+    lo, hi = (min(trained), max(trained)) if trained else (None, None)
+
+    def _recal_batches(s) -> int:
+        if not recalibrate_bn or recalibrate_widths == "all":
+            return recalibrate_bn
+        return recalibrate_bn if s.w is None or lo is None or not lo <= s.w <= hi else 0
+
     base_state = copy.deepcopy(model.state_dict()) if recalibrate_bn else None
     rows = []
     for s in settings:
         if base_state is not None:
             model.load_state_dict(base_state)
         method.apply_setting(model, s)
-        if recalibrate_bn:
-            recal(model, calib, recalibrate_bn)
-        note = method.prepare_eval(model, s, calib, recalibrated=recalibrate_bn)
+        n_recal = _recal_batches(s)
+        if n_recal:
+            recal(model, calib, n_recal)
+        note = method.prepare_eval(model, s, calib, recalibrated=n_recal)
         if note and note not in notes:
             notes.append(note)
         r = evaluate(model, loader)
@@ -124,7 +137,7 @@ def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]]
         bits_value = s.w if s.w is not None and s.w == s.a else s.label
         rows.append({"label": s.label, "bits": bits_value, "w": w, "a": a, "top1": r["top1"],
                      "loss": r["loss"], "n": r["n"], "compression": compression_ratio(model),
-                     "recalibrated_bn": recalibrate_bn or None})
+                     "recalibrated_bn": n_recal or None})
         if s.w is None:  # a per-layer scheme: say what it is
             rows[-1]["layer_bits"] = {n: wa["w"] for n, wa in get_bit_scheme(model).items()}
     return {"checkpoint": str(path), "method": cfg.method, "arch": cfg.model.arch, "dataset": name,
