@@ -135,8 +135,9 @@ def _extrapolated_recalibrated(row) -> dict:
     anyprec spends on every width it did not train; mbq eval --bit 1 --recalibrate-bn 10),
     the rest stay calibration-free.
     """
-    lo, hi = min(row["bits"]), max(row["bits"])
-    return {k: (row["top1_bn_adapted"][k] if not lo <= (32 if k == "fp" else int(k)) <= hi else v)
+    from mbq.core.evaluate_checkpoint import is_extrapolated
+
+    return {k: (row["top1_bn_adapted"][k] if is_extrapolated(32 if k == "fp" else int(k), row["bits"]) else v)
             for k, v in row["top1"].items()}
 
 

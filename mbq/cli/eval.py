@@ -44,9 +44,7 @@ def eval_cmd(
         raise MbqError("--wbits and --abits go together")
     if recalibrate_bn < 0 or batch_size < 1 or (limit is not None and limit < 1):
         raise MbqError("--recalibrate-bn must be >= 0, --batch-size and --limit >= 1")
-    recalibrate_widths = recalibrate_widths.strip().lower()
-    if recalibrate_widths not in ("all", "extrapolated"):
-        raise MbqError(f"--recalibrate-widths takes all or extrapolated (got {recalibrate_widths})")
+    recalibrate_widths = recalibrate_widths.strip().lower()  # its values are checked by evaluate_checkpoint
     if recalibrate_widths != "all" and not recalibrate_bn:
         raise MbqError("--recalibrate-widths needs --recalibrate-bn N (how many batches)")
     try:

@@ -22,6 +22,15 @@ def _pair_error(cfg, w: int, a: int) -> MbqError:
                     "--pairs all evaluates every pair it answers at")
 
 
+RECALIBRATE_WIDTHS = ("all", "extrapolated")
+
+
+def is_extrapolated(w: int | None, trained: list[int]) -> bool:
+    """True where a width lies outside the trained range (or has no width: a per-layer
+    scheme), i.e. where per-width BN statistics have a trained neighbour on one side only."""
+    return w is None or not trained or not min(trained) <= w <= max(trained)
+
+
 def datasets_for(meta: dict, cfg, dataset: str | None, data_dir: str | None):
     """(name, train, test) for evaluating a model: its recorded dataset unless
     another is named; MbqError if the data does not fit the model's shape."""
@@ -40,7 +49,8 @@ def datasets_for(meta: dict, cfg, dataset: str | None, data_dir: str | None):
 def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]] | str | None = None,
                         dataset: str | None = None, data_dir: str | None = None,
                         batch_size: int = 256, limit: int | None = None, recalibrate_bn: int = 0,
-                        recalibrate_widths: str = "all", device: str = "auto", seed: int = 0, all_requested: bool = False,
+                        recalibrate_widths: str = "all", device: str = "auto", seed: int = 0,
+                        all_requested: bool = False,
                         episodes: int | None = None, ways: int | None = None,
                         shots: int | None = None, queries: int | None = None) -> dict:
     """``pairs``: None (the method's own settings), ``"all"`` (every valid (w, a) pair
@@ -48,6 +58,8 @@ def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]]
     shape the episodes of a few-shot checkpoint. ``recalibrate_widths="extrapolated"``
     re-estimates BN (``recalibrate_bn`` batches) only at widths outside the trained range,
     where a shared BN's per-width statistics have a neighbour on one side only."""
+    if recalibrate_widths not in RECALIBRATE_WIDTHS:
+        raise MbqError(f"--recalibrate-widths takes all or extrapolated (got {recalibrate_widths})")
     import torch
 
     from .checkpoint import load_checkpoint
@@ -110,15 +122,12 @@ def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]]
     loader = BatchLoader(test, batch_size, shuffle=False, augment=False, device=dev)
     calib = BatchLoader(train.to(dev), min(batch_size, 256), shuffle=True, augment=False, device=dev,
                         seed=seed)
-    if recalibrate_widths not in ("all", "extrapolated"):
-        raise MbqError(f"--recalibrate-widths takes all or extrapolated (got {recalibrate_widths})")
-    trained = [b for b in method.trained_bits() if b is not None]
-    lo, hi = (min(trained), max(trained)) if trained else (None, None)
+    trained = method.trained_bits()
 
     def _recal_batches(s) -> int:
-        if not recalibrate_bn or recalibrate_widths == "all":
+        if recalibrate_widths == "all" or is_extrapolated(s.w, trained):
             return recalibrate_bn
-        return recalibrate_bn if s.w is None or lo is None or not lo <= s.w <= hi else 0
+        return 0
 
     base_state = copy.deepcopy(model.state_dict()) if recalibrate_bn else None
     rows = []
