@@ -8,8 +8,9 @@ Measures (issue 3):
   * ablations: EMQ without WBC, EMQ without coreset (fraction 1.0), EMQ with one set of
     BN running statistics for all widths (--bn-stats batch) instead of one per width.
 
-Each method trains at its own default learning rate (SGD: anyprec 0.1, emq 0.3) unless
---lr is given.
+Each method trains with its own optimizer defaults, as mbq train applies them (SGD:
+anyprec lr 0.1; emq lr 0.2 with losses summed over widths, weight decay 2.5e-3, one
+warm-up epoch); --lr overrides the learning rate of every row.
 
     python benchmarks/emq.py --threads 2   # the full run (~1 h on 2 cores)
     python benchmarks/emq.py --quick    # ~1-2 min smoke version: checks the pipeline,
@@ -76,6 +77,22 @@ class _Clock:
         return self.cpu_end - self.cpu_start
 
 
+def _optim(method: str, a) -> dict:
+    """The optimizer settings mbq train would use: the method's own defaults
+    (e.g. EMQ's learning rate and warm-up), as the CLI applies them, then --lr."""
+    from mbq.core.methods import options_class
+
+    own = {k.split(".", 1)[1]: v for k, v in options_class(method).train_defaults.items()
+           if k.startswith("optim.")}
+    if own.get("optimizer", "sgd") != a.optimizer:  # a method's LR and decay go with its optimizer
+        own.pop("lr", None)
+        own.pop("weight_decay", None)
+    own["optimizer"] = a.optimizer
+    if a.lr:
+        own["lr"] = a.lr
+    return own
+
+
 def run_one(name, method, bits, opts, a, folder, log) -> dict:
     from mbq.core.config import TrainConfig
     from mbq.core.engine import train
@@ -87,7 +104,7 @@ def run_one(name, method, bits, opts, a, folder, log) -> dict:
     cfg = TrainConfig(method=method, bits=bits, epochs=a.epochs, seed=a.seed, device=a.device, out=out,
                       data={"train_subset": a.train_subset, "val_size": 0, "batch_size": a.batch_size},
                       model={"arch": "resnet20", "kwargs": {"width": a.width}},
-                      optim={"optimizer": a.optimizer, **({"lr": a.lr} if a.lr else {})},
+                      optim=_optim(method, a),
                       options=dict(opts, eval_bits=[max(bits)],
                                    **({"calib_batches": CALIB_BATCHES} if method == "anyprec" else {})))
     log(f"  {name}: training")
@@ -98,7 +115,9 @@ def run_one(name, method, bits, opts, a, folder, log) -> dict:
     ev = evaluate_checkpoint(out, pairs=[(b, None) for b in ALL_WIDTHS], limit=a.test_limit,
                              device=a.device, seed=a.seed)
     top1 = {_label(r["w"]): r["top1"] for r in ev["results"]}
-    row = {"name": name, "method": method, "bits": bits, "options": opts, "train_s": clock.seconds,
+    row = {"name": name, "method": method, "bits": bits, "options": opts,
+           "optim": {k: getattr(cfg.optim, k) for k in ("optimizer", "lr", "warmup_epochs")},
+           "train_s": clock.seconds,
            "train_cpu_s": clock.cpu_seconds,
            "eval_s": time.perf_counter() - t0, "top1": top1,
            "mean_top1": sum(top1.values()) / len(top1), "notes": ev["notes"]}

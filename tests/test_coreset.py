@@ -16,7 +16,7 @@ SMALL = ["--arch", "cnn", "--train-subset", "512", "--val-size", "0", "--batch-s
 
 # --- draws ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("sampling", ["weighted", "topk", "random"])
+@pytest.mark.parametrize("sampling", ["weighted", "stratified", "topk", "random"])
 @pytest.mark.parametrize("n, f", [(1000, 0.2), (37, 0.5), (10, 0.01), (50, 1.0)])
 def test_subset_sizes_are_fraction_of_n_without_duplicates(sampling, n, f):
     scores = torch.rand(n, generator=torch.Generator().manual_seed(n))
@@ -51,7 +51,8 @@ def test_weighted_follows_scores_topk_takes_the_top_random_ignores_them():
     scores = torch.zeros(n)
     scores[:100] = 1.0  # 100 important samples, the rest scored 0
     w = draw_subset(scores, 0.1, "weighted", seed=0, epoch=0, bit=2)
-    assert (w < 100).float().mean() > 0.95
+    # score plus its mean: the important tenth gets about half the subset, not all of it
+    assert 0.4 < (w < 100).float().mean() < 0.8
     t = draw_subset(torch.arange(n).float(), 0.1, "topk", seed=0, epoch=5, bit=2)
     assert torch.equal(t, torch.arange(900, 1000))
     r = draw_subset(scores, 0.1, "random", seed=0, epoch=0, bit=2)
@@ -60,6 +61,25 @@ def test_weighted_follows_scores_topk_takes_the_top_random_ignores_them():
     e0 = draw_subset(torch.ones(n), 0.1, "weighted", seed=0, epoch=0, bit=2)
     e1 = draw_subset(torch.ones(n), 0.1, "weighted", seed=0, epoch=1, bit=2)
     assert overlap(e0, e1) < 0.3
+
+
+def test_stratified_covers_every_score_range_and_redraws_each_epoch():
+    n = 5000
+    g = torch.Generator().manual_seed(3)
+    scores = torch.rand(n, generator=g) ** 6  # most images easy (score near 0), a thin hard tail
+    idx = draw_subset(scores, 0.2, "stratified", seed=0, epoch=0, bit=2)
+    bins = ((scores - scores.min()) / (scores.max() - scores.min()) * 50).long().clamp(max=49)
+    share = torch.bincount(bins[idx], minlength=50)
+    have = torch.bincount(bins, minlength=50)
+    # a stratum gives all its images when it has fewer than its share, else the same share as the rest
+    assert ((share == have) | (share >= share.max() - 1)).all()
+    assert (share > 0).all() and (share < have).any()
+    assert scores[idx].mean() > scores.mean()  # the thin hard tail gets the same share as the bulk
+    again = draw_subset(scores, 0.2, "stratified", seed=0, epoch=1, bit=2)
+    assert overlap(idx, again) < 0.9
+    assert torch.equal(idx, draw_subset(scores, 0.2, "stratified", seed=0, epoch=0, bit=2))
+    flat = draw_subset(torch.zeros(n), 0.2, "stratified", seed=0, epoch=0, bit=2)
+    assert flat.numel() == 1000 and flat.unique().numel() == 1000
 
 
 # --- scores -----------------------------------------------------------------------------------------

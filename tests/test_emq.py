@@ -56,7 +56,7 @@ def test_info_shows_the_coreset_settings(emq_ckpt, capsys):
     code, out, _ = _main(capsys, ["info", str(emq_ckpt[0])])
     assert code == 0
     line = next(ln for ln in out.splitlines() if ln.strip().startswith("coreset"))
-    assert "fraction=0.5" in line and "warmup_data=subset" in line and "child_loss=mean" in line
+    assert "fraction=0.5" in line and "warmup_data=subset" in line and "child_loss=sum" in line
 
 
 # --- weight bias correction ----------------------------------------------------------------
@@ -269,6 +269,17 @@ def test_warmup_subsets_are_uniform_per_width_and_seeded():
     assert not a.needs_scores(1) and a.needs_scores(2)  # scored once the warm-up ends
 
 
+def test_random_sampling_skips_the_scoring_pass():
+    from mbq.core.coreset.bitwise import BitwiseCoreset
+
+    cs = BitwiseCoreset([2, 4], 1000, fraction=0.2, score="el2n", sampling="random", seed=3,
+                        warmup=1, warmup_data="subset")
+    assert not any(cs.needs_scores(e) for e in range(4))
+    d1, d2 = cs.draw(1), cs.draw(2)
+    assert all(d1[w].numel() == 200 for w in (2, 4)) and not torch.equal(d1[2], d2[2])
+    assert not cs.scores
+
+
 def _emq_step_setup(**options):
     """An EMQ method at bits {2,4} on a fresh cnn, and the slice of the engine context train_step uses."""
     import contextlib
@@ -377,12 +388,17 @@ def test_eval_bit_outside_valid_widths_is_exit_2(emq_ckpt, capsys, bit):
     assert code == 2 and out == "" and "not supported" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("args, lr", [([], 0.3), (["--lr", "0.05"], 0.05), (["--optimizer", "adamw"], None)])
-def test_emq_lr_default_goes_with_sgd(args, lr):
+@pytest.mark.parametrize("args, lr, wd", [([], 0.2, 2.5e-3), (["--lr", "0.05"], 0.05, 2.5e-3),
+                                          (["--optimizer", "adamw"], None, None),
+                                          (["--weight-decay", "1e-4"], 0.2, 1e-4)])
+def test_emq_optimizer_defaults_go_with_sgd(args, lr, wd):
     from mbq.cli.train import build_config
     from mbq.core.config import OptimConfig
 
-    values = {"method": "emq", "bits": "2,4,8", **{a.lstrip("-"): v for a, v in zip(args[::2], args[1::2])}}
+    values = {"method": "emq", "bits": "2,4,8",
+              **{a.lstrip("-").replace("-", "_"): v for a, v in zip(args[::2], args[1::2])}}
     explicit = {a.lstrip("-").replace("-", "_") for a in args[::2]} | {"method", "bits"}
     cfg = build_config(values, explicit, {}, [])
     assert cfg.optim.lr == (lr if lr is not None else OptimConfig().lr)
+    assert cfg.optim.weight_decay == (wd if wd is not None else OptimConfig().weight_decay)
+    assert cfg.optim.warmup_epochs == 1

@@ -15,7 +15,7 @@ def select_coreset_cmd(
     bits: Annotated[Optional[str], typer.Option(help="Widths to score, e.g. 2,4,8 (default: the checkpoint's trained widths).")] = None,
     fraction: Annotated[float, typer.Option(help="Fraction of the training set each width keeps, in (0, 1].")] = 0.2,
     score: Annotated[str, typer.Option(help="el2n, grand, entropy or random.")] = "el2n",
-    sampling: Annotated[str, typer.Option(help="weighted (prop. to score), topk or random.")] = "weighted",
+    sampling: Annotated[str, typer.Option(help="weighted (prop. to score plus its mean), stratified, topk or random.")] = "weighted",
     batch_size: Annotated[int, typer.Option(help="Scoring batch size.")] = 256,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -30,7 +30,7 @@ def select_coreset_cmd(
     from mbq.core.errors import MbqError
 
     _choice("--score", score, ("el2n", "grand", "entropy", "random", "forgetting"))
-    _choice("--sampling", sampling, ("weighted", "topk", "random"))
+    _choice("--sampling", sampling, ("weighted", "stratified", "topk", "random"))
     if batch_size < 1:
         raise MbqError(f"--batch-size must be at least 1, got {batch_size}")
     try:

@@ -45,8 +45,9 @@ def _apply_method_defaults(doc: dict, opts_cls, explicit: set[str], file_values:
         return any(k in explicit or k in file_values for k, v in _MAP.items() if v == dotted)
 
     for dotted, value in getattr(opts_cls, "train_defaults", {}).items():
-        # a method's LR goes with its optimizer: not applied when the user picked the optimizer
-        if not given(dotted) and not (dotted == "optim.lr" and given("optim.optimizer")):
+        # a method's LR and decay go with its optimizer: not applied when the user picked one
+        if not given(dotted) and not (dotted in ("optim.lr", "optim.weight_decay")
+                                      and given("optim.optimizer")):
             _set(doc, dotted, value)
 
 

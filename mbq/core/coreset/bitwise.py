@@ -58,7 +58,7 @@ class BitwiseCoreset:
         return self.enabled and epoch >= self.start
 
     def needs_scores(self, epoch: int) -> bool:
-        if not self.active(epoch):
+        if not self.active(epoch) or self.sampling == "random":  # uniform draws: no scoring pass
             return False
         if not self.scores:
             return True
@@ -84,7 +84,8 @@ class BitwiseCoreset:
         elif epoch == self.start and self.first:
             subsets = dict(self.first)
         else:
-            subsets = {b: draw_subset(self.scores[b], self.fraction, self.sampling, seed=self.seed,
+            flat = torch.ones(self.n)
+            subsets = {b: draw_subset(self.scores.get(b, flat), self.fraction, self.sampling, seed=self.seed,
                                       epoch=epoch, bit=b) for b in self.bits}
         self.subsets, self.subset_epoch = subsets, int(epoch)
         return dict(subsets)

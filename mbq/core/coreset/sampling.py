@@ -30,13 +30,18 @@ def _generator(seed: int, epoch: int, bit: int) -> torch.Generator:
 
 
 def _weights(scores: torch.Tensor) -> torch.Tensor:
-    """Sampling weights from scores: non-negative, with a small floor so zero-score
-    samples stay drawable (only after the scored ones, in practice)."""
+    """Sampling weights: the score plus the mean score (defensive importance sampling).
+
+    Half the draw follows the scores, half is uniform. Proportional to EL2N alone,
+    nearly the whole subset is the hardest few percent of the data (most images
+    score ~0 once learned), and the model trained on it generalises worse
+    (benchmarks/emq.py: 96.1 against 98.2 mean top-1 at five widths).
+    """
     s = scores.double().clamp_min(0)
     mean = s.mean()
     if not torch.isfinite(mean) or mean <= 0:
         return torch.ones_like(s)
-    return s + 1e-3 * mean
+    return s + mean
 
 
 def gumbel_topk(weights: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -50,13 +55,43 @@ def gumbel_topk(weights: torch.Tensor, k: int, gen: torch.Generator) -> torch.Te
     return torch.topk(keys, k).indices
 
 
+def stratified(scores: torch.Tensor, k: int, gen: torch.Generator, strata: int = 50) -> torch.Tensor:
+    """k indices spread evenly over ``strata`` equal-width score ranges, uniform within each.
+
+    Coverage-centric selection (Zheng et al., ICLR 2023): the budget goes round the
+    strata, the smallest first, so a stratum with fewer images than its share gives
+    all of them and the rest is shared by the others. Every difficulty level keeps a
+    place in the subset, where a draw proportional to the score spends nearly all of
+    it on the hardest few percent.
+    """
+    s = scores.double()
+    lo, hi = s.min(), s.max()
+    if not torch.isfinite(lo) or not torch.isfinite(hi) or hi <= lo:
+        return torch.randperm(s.numel(), generator=gen)[:k]
+    bins = ((s - lo) / (hi - lo) * strata).long().clamp_(0, strata - 1)
+    order = torch.argsort(bins, stable=True)
+    counts = torch.bincount(bins, minlength=strata).tolist()
+    starts = [0]
+    for c in counts[:-1]:
+        starts.append(starts[-1] + c)
+    left, picked = k, []
+    live = sorted((c, j) for j, c in enumerate(counts) if c > 0)
+    for i, (c, j) in enumerate(live):
+        take = min(c, left // (len(live) - i))
+        members = order[starts[j]:starts[j] + c]
+        picked.append(members[torch.randperm(c, generator=gen)[:take]])
+        left -= take
+    return torch.cat(picked)
+
+
 def draw_subset(scores: torch.Tensor, fraction: float, sampling: str, *, seed: int, epoch: int,
                 bit: int) -> torch.Tensor:
     """Sorted dataset indices of one child's subset for one epoch.
 
     ``weighted``: proportional to ``scores`` without replacement (a fresh draw
     per epoch); ``topk``: the highest scores (the same every epoch);
-    ``random``: uniform without replacement.
+    ``stratified``: evenly over score strata, uniform within each (a fresh draw
+    per epoch); ``random``: uniform without replacement.
     """
     scores = scores.detach().cpu()
     n = scores.numel()
@@ -67,10 +102,12 @@ def draw_subset(scores: torch.Tensor, fraction: float, sampling: str, *, seed: i
         idx = torch.topk(scores.double(), k).indices
     elif sampling == "weighted":
         idx = gumbel_topk(_weights(scores), k, _generator(seed, epoch, bit))
+    elif sampling == "stratified":
+        idx = stratified(scores, k, _generator(seed, epoch, bit))
     elif sampling == "random":
         idx = torch.randperm(n, generator=_generator(seed, epoch, bit))[:k]
     else:
-        raise ValueError(f"unknown coreset sampling {sampling!r} (weighted, topk or random)")
+        raise ValueError(f"unknown coreset sampling {sampling!r} (weighted, stratified, topk or random)")
     return idx.sort().values
 
 
