@@ -82,7 +82,7 @@ def _optim(method: str, a) -> dict:
     (e.g. EMQ's learning rate and warm-up), as the CLI applies them, then --lr."""
     from mbq.core.methods import options_class
 
-    own = {k.split(".", 1)[1]: v for k, v in options_class(method).train_defaults.items()
+    own = {k.split(".", 1)[1]: v for k, v in getattr(options_class(method), "train_defaults", {}).items()
            if k.startswith("optim.")}
     if own.get("optimizer", "sgd") != a.optimizer:  # a method's LR and decay go with its optimizer
         own.pop("lr", None)
