@@ -53,6 +53,10 @@ def test_weighted_follows_scores_topk_takes_the_top_random_ignores_them():
     w = draw_subset(scores, 0.1, "weighted", seed=0, epoch=0, bit=2)
     # score plus its mean: the important tenth gets about half the subset, not all of it
     assert 0.4 < (w < 100).float().mean() < 0.8
+    p = draw_subset(scores, 0.1, "weighted", seed=0, epoch=0, bit=2, mix=0.0)  # proportional only
+    assert (p < 100).float().mean() > 0.95
+    u = draw_subset(scores, 0.1, "weighted", seed=0, epoch=0, bit=2, mix=1.0)  # uniform only
+    assert (u < 100).float().mean() < 0.3
     t = draw_subset(torch.arange(n).float(), 0.1, "topk", seed=0, epoch=5, bit=2)
     assert torch.equal(t, torch.arange(900, 1000))
     r = draw_subset(scores, 0.1, "random", seed=0, epoch=0, bit=2)
@@ -242,6 +246,7 @@ def test_select_coreset_then_train_with_it(tmp_path, capsys, small_test_set):
 @pytest.mark.parametrize("args, msg", [
     (["--fraction", "0"], "(0, 1]"),
     (["--fraction", "1.2"], "(0, 1]"),
+    (["--uniform-mix", "1.5"], "[0, 1]"),
     (["--score", "forgetting"], "forgetting"),
     (["--score", "loss"], "--score"),
     (["--bits", "2,2"], "twice"),
@@ -249,7 +254,7 @@ def test_select_coreset_then_train_with_it(tmp_path, capsys, small_test_set):
 ])
 def test_select_coreset_bad_input(tmp_path, capsys, args, msg):
     ckpt = tmp_path / "none.safetensors"
-    if msg in ("(0, 1]", "forgetting"):  # these are checked after the checkpoint is found
+    if msg in ("(0, 1]", "[0, 1]", "forgetting"):  # these are checked after the checkpoint is found
         from safetensors.torch import save_file
         save_file({"x": torch.zeros(1)}, str(ckpt))
     code, out, err = _main(capsys, ["select-coreset", str(ckpt), "--out", str(tmp_path / "c.safetensors"),

@@ -374,6 +374,8 @@ def test_bn_stats_per_width_tracks_each_width_under_one_affine():
     (["--method", "emq", "--bits", "2,4", "--coreset-fraction", "0"], "(0, 1]"),
     (["--method", "emq", "--bits", "2,4", "--coreset-fraction", "1.5"], "(0, 1]"),
     (["--method", "emq", "--bits", "2,4", "--kd", "teacher"], "kd"),
+    (["--method", "emq", "--bits", "2,4", "--coreset-uniform-mix", "-0.1"], "uniform-mix"),
+    (["--method", "emq", "--bits", "2,4", "--coreset-sampling", "stratify"], "sampling"),
     (["--method", "emq", "--bits", "2,4", "--eval-bits", "3,3"], "twice"),
 ])
 def test_train_bad_input_is_one_line_exit_2(tmp_path, capsys, args, msg):

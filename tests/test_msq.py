@@ -179,9 +179,9 @@ def run_main(args, capsys):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--target-compression", "0.5"], "target_compression"),
+    (["--target-compression", "0.5"], "--target-compression"),
     (["--target-compression", "20"], "at most 16.00x"),
-    (["--prune-threshold", "1.5"], "prune_threshold"),
+    (["--prune-threshold", "1.5"], "--prune-threshold"),
     (["--min-bits", "4", "--init-bits", "3"], "above --init-bits"),
 ])
 def test_msq_bad_input(tmp_path, capsys, args, msg):

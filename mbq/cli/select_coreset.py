@@ -16,6 +16,7 @@ def select_coreset_cmd(
     fraction: Annotated[float, typer.Option(help="Fraction of the training set each width keeps, in (0, 1].")] = 0.2,
     score: Annotated[str, typer.Option(help="el2n, grand, entropy or random.")] = "el2n",
     sampling: Annotated[str, typer.Option(help="weighted (prop. to score plus its mean), stratified, topk or random.")] = "weighted",
+    uniform_mix: Annotated[float, typer.Option(help="weighted: share of the probability spread uniformly (0 = proportional to the score).")] = 0.5,
     batch_size: Annotated[int, typer.Option(help="Scoring batch size.")] = 256,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -44,7 +45,7 @@ def select_coreset_cmd(
     bar = _Bar(quiet)
     try:
         result = select_coreset(checkpoint, out, bits=widths, fraction=fraction, score=score,
-                                sampling=sampling, batch_size=batch_size, device=device, seed=seed,
+                                sampling=sampling, uniform_mix=uniform_mix, batch_size=batch_size, device=device, seed=seed,
                                 start=bar.start, progress=bar.advance)
     finally:
         bar.close()

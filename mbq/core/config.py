@@ -158,11 +158,13 @@ class TrainConfig(_Strict):
         return FP_BITS if self.act_bits == "fp" else int(self.act_bits)
 
 
-def format_validation_error(err) -> str:
-    """One line from a pydantic ValidationError."""
+def format_validation_error(err, *, as_flags: bool = False) -> str:
+    """One line from a pydantic ValidationError (``as_flags``: fields named as CLI flags)."""
     parts = []
     for e in err.errors()[:3]:
         loc = ".".join(str(p) for p in e.get("loc", ()) if p != "__root__")
+        if as_flags and loc:
+            loc = "--" + loc.replace("_", "-")
         msg = e.get("msg", "").removeprefix("Value error, ")
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "invalid configuration: " + "; ".join(parts)

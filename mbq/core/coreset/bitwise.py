@@ -25,12 +25,12 @@ class BitwiseCoreset:
 
     def __init__(self, bits: list[int], n: int, *, fraction: float, score: str, sampling: str,
                  seed: int, warmup: int, rescore_every: int = 0, file: CoresetFile | None = None,
-                 warmup_data: str = "full"):
+                 warmup_data: str = "full", mix: float = 0.5):
         if warmup_data not in ("full", "subset"):
             raise ValueError(f"unknown warm-up data {warmup_data!r} (full or subset)")
         self.warmup_data = warmup_data
         self.bits, self.n = list(bits), int(n)
-        self.fraction, self.score, self.sampling = fraction, score, sampling
+        self.fraction, self.score, self.sampling, self.mix = fraction, score, sampling, float(mix)
         self.seed, self.rescore_every = int(seed), int(rescore_every)
         self.start = 0 if file is not None else int(warmup)
         self.scores: dict[int, torch.Tensor] = {}
@@ -86,7 +86,7 @@ class BitwiseCoreset:
         else:
             flat = torch.ones(self.n)
             subsets = {b: draw_subset(self.scores.get(b, flat), self.fraction, self.sampling, seed=self.seed,
-                                      epoch=epoch, bit=b) for b in self.bits}
+                                      epoch=epoch, bit=b, mix=self.mix) for b in self.bits}
         self.subsets, self.subset_epoch = subsets, int(epoch)
         return dict(subsets)
 

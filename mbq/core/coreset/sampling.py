@@ -29,19 +29,24 @@ def _generator(seed: int, epoch: int, bit: int) -> torch.Generator:
     return torch.Generator().manual_seed(mix_seed(seed, epoch, bit))
 
 
-def _weights(scores: torch.Tensor) -> torch.Tensor:
-    """Sampling weights: the score plus the mean score (defensive importance sampling).
+UNIFORM_MIX = 0.5
 
-    Half the draw follows the scores, half is uniform. Proportional to EL2N alone,
+
+def _weights(scores: torch.Tensor, mix: float = UNIFORM_MIX) -> torch.Tensor:
+    """Sampling weights: (1 - mix) * score / mean score + mix (defensive importance sampling).
+
+    At the default mix of 0.5, half the draw follows the scores and half is uniform
+    (score plus the mean score); at 0 it is proportional to the score, with a floor
+    of 1e-3 of the mean so zero-score images stay drawable. Proportional to EL2N alone,
     nearly the whole subset is the hardest few percent of the data (most images
     score ~0 once learned), and the model trained on it generalises worse
-    (benchmarks/emq.py: 96.1 against 98.2 mean top-1 at five widths).
+    (docs/emq.md, "Choosing the defaults").
     """
     s = scores.double().clamp_min(0)
     mean = s.mean()
     if not torch.isfinite(mean) or mean <= 0:
         return torch.ones_like(s)
-    return s + mean
+    return (1 - mix) * s / mean + max(mix, 1e-3)
 
 
 def gumbel_topk(weights: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -85,11 +90,11 @@ def stratified(scores: torch.Tensor, k: int, gen: torch.Generator, strata: int =
 
 
 def draw_subset(scores: torch.Tensor, fraction: float, sampling: str, *, seed: int, epoch: int,
-                bit: int) -> torch.Tensor:
+                bit: int, mix: float = UNIFORM_MIX) -> torch.Tensor:
     """Sorted dataset indices of one child's subset for one epoch.
 
-    ``weighted``: proportional to ``scores`` without replacement (a fresh draw
-    per epoch); ``topk``: the highest scores (the same every epoch);
+    ``weighted``: proportional to ``scores`` mixed with a uniform share ``mix``,
+    without replacement (a fresh draw per epoch); ``topk``: the highest scores (the same every epoch);
     ``stratified``: evenly over score strata, uniform within each (a fresh draw
     per epoch); ``random``: uniform without replacement.
     """
@@ -101,7 +106,7 @@ def draw_subset(scores: torch.Tensor, fraction: float, sampling: str, *, seed: i
     if sampling == "topk":
         idx = torch.topk(scores.double(), k).indices
     elif sampling == "weighted":
-        idx = gumbel_topk(_weights(scores), k, _generator(seed, epoch, bit))
+        idx = gumbel_topk(_weights(scores, mix), k, _generator(seed, epoch, bit))
     elif sampling == "stratified":
         idx = stratified(scores, k, _generator(seed, epoch, bit))
     elif sampling == "random":

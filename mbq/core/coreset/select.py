@@ -23,7 +23,7 @@ def _stats(t) -> dict[str, float]:
 
 def select_coreset(checkpoint: str | Path, out: str | Path, *, bits: list[int] | None = None,
                    fraction: float = 0.2, score: str = "el2n", sampling: str = "weighted",
-                   batch_size: int = 256, device: str = "auto", seed: int = 0,
+                   uniform_mix: float = 0.5, batch_size: int = 256, device: str = "auto", seed: int = 0,
                    start: Callable[[int], None] | None = None,
                    progress: Callable[[int], None] | None = None) -> dict:
     """Score every training sample at every width of ``bits``; write ``out``; return a summary.
@@ -44,6 +44,8 @@ def select_coreset(checkpoint: str | Path, out: str | Path, *, bits: list[int] |
 
     if not 0 < fraction <= 1:
         raise MbqError(f"--fraction must be in (0, 1], got {fraction}")
+    if not 0 <= uniform_mix <= 1:
+        raise MbqError(f"--uniform-mix must be in [0, 1], got {uniform_mix}")
     if score == "forgetting":
         raise MbqError("forgetting scores are counted during training; use it in mbq train "
                        "(--coreset-score forgetting), or choose el2n, grand, entropy or random here")
@@ -76,15 +78,18 @@ def select_coreset(checkpoint: str | Path, out: str | Path, *, bits: list[int] |
             notes.append(note)
         scores[b] = compute_scores(model, loader, score, n, seed=seed, bit=b, progress=progress)
     method.apply_setting(model, method.eval_settings()[0])  # puts back any borrowed BN state
-    picks = {b: draw_subset(scores[b], fraction, sampling, seed=seed, epoch=0, bit=b) for b in bits}
+    picks = {b: draw_subset(scores[b], fraction, sampling, seed=seed, epoch=0, bit=b, mix=uniform_mix)
+             for b in bits}
     k = subset_size(n, fraction)
     info = {"dataset": train.name, "size": n, "labels_fingerprint": labels_fingerprint(train.labels),
-            "score": score, "sampling": sampling, "fraction": fraction, "seed": seed, "subset_size": k,
+            "score": score, "sampling": sampling, "uniform_mix": uniform_mix, "fraction": fraction,
+            "seed": seed, "subset_size": k,
             "source": str(checkpoint),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     write_coreset(out, CoresetFile(scores, picks, info))
     pairs = {f"{a}-{c}": overlap(picks[a], picks[c]) for i, a in enumerate(bits) for c in bits[i + 1:]}
     return {"out": str(out), "checkpoint": str(checkpoint), "method": cfg.method, "dataset": train.name,
-            "size": n, "bits": bits, "score": score, "sampling": sampling, "fraction": fraction,
+            "size": n, "bits": bits, "score": score, "sampling": sampling, "uniform_mix": uniform_mix,
+            "fraction": fraction,
             "subset_size": k, "stats": {str(b): _stats(scores[b]) for b in bits}, "overlap": pairs,
             "notes": notes}

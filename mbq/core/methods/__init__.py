@@ -58,7 +58,7 @@ def create_method(cfg) -> Any:
     try:
         opts = options_class(cfg.method).model_validate(cfg.options)
     except ValidationError as e:
-        raise MbqError(format_validation_error(e)) from None
+        raise MbqError(format_validation_error(e, as_flags=True)) from None
     return method_class(cfg.method)(cfg, opts)
 
 

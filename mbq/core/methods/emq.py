@@ -87,7 +87,7 @@ class EMQMethod(MultiBitMethod):
                                       score=o.coreset_score, sampling=o.coreset_sampling,
                                       seed=self.cfg.seed, warmup=o.coreset_warmup,
                                       rescore_every=o.coreset_rescore_every, file=file,
-                                      warmup_data=o.coreset_warmup_data)
+                                      warmup_data=o.coreset_warmup_data, mix=o.coreset_uniform_mix)
         if file is not None:
             sizes = {b: file.indices[b].numel() for b in self.cfg.bits}
             if any(k != self.coreset.k for k in sizes.values()):
@@ -191,6 +191,7 @@ class EMQMethod(MultiBitMethod):
     def metadata(self, ctx) -> dict:
         o = self.opts
         cs = {"fraction": o.coreset_fraction, "score": o.coreset_score, "sampling": o.coreset_sampling,
+              "uniform_mix": o.coreset_uniform_mix,
               "warmup": 0 if o.coreset else o.coreset_warmup, "warmup_data": o.coreset_warmup_data,
               "child_loss": o.child_loss, "bn_stats": o.bn_stats, "wbc": o.wbc,
               "file": str(o.coreset) if o.coreset else None}

@@ -55,6 +55,9 @@ class EMQOptions(MultiBitOptions):
         "weighted", description="per-epoch draw: weighted (prop. to score plus its mean, without "
                                 "replacement), stratified (evenly over score ranges), topk (fixed "
                                 "highest scores) or random (uniform; no scoring pass)")
+    coreset_uniform_mix: float = Field(
+        0.5, ge=0, le=1, description="weighted draws: share of the probability spread uniformly "
+                                     "(0 = proportional to the score alone)")
     coreset_rescore_every: int = Field(
         0, ge=0, description="recompute the scores every K coreset epochs (0 = never)")
     coreset: Path | None = Field(
