@@ -39,8 +39,10 @@ def test_sigint_and_kill_leave_a_readable_checkpoint(tmp_path):
     out = tmp_path / "int.safetensors"
     cmd = [sys.executable, "-m", "mbq", "train", "--method", "fp", *TINY, "--epochs", "200",
            "--out", str(out), "--quiet"]
+    # a shell's background job starts with SIGINT ignored, and Python keeps it so: restore it
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+                            env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while not out.exists() and time.time() < deadline:
         time.sleep(0.2)
