@@ -10,7 +10,7 @@ import torch
 
 from .forgetting import ForgettingTracker
 from .io import CoresetFile
-from .sampling import draw_subset, overlap, subset_size
+from .sampling import UNIFORM_MIX, draw_subset, overlap, subset_size
 
 
 class BitwiseCoreset:
@@ -25,7 +25,7 @@ class BitwiseCoreset:
 
     def __init__(self, bits: list[int], n: int, *, fraction: float, score: str, sampling: str,
                  seed: int, warmup: int, rescore_every: int = 0, file: CoresetFile | None = None,
-                 warmup_data: str = "full", mix: float = 0.5):
+                 warmup_data: str = "full", mix: float = UNIFORM_MIX):
         if warmup_data not in ("full", "subset"):
             raise ValueError(f"unknown warm-up data {warmup_data!r} (full or subset)")
         self.warmup_data = warmup_data

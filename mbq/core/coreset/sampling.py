@@ -6,6 +6,8 @@ same subsets.
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 _MASK = (1 << 63) - 1
@@ -76,9 +78,7 @@ def stratified(scores: torch.Tensor, k: int, gen: torch.Generator, strata: int =
     bins = ((s - lo) / (hi - lo) * strata).long().clamp_(0, strata - 1)
     order = torch.argsort(bins, stable=True)
     counts = torch.bincount(bins, minlength=strata).tolist()
-    starts = [0]
-    for c in counts[:-1]:
-        starts.append(starts[-1] + c)
+    starts = [0, *itertools.accumulate(counts[:-1])]
     left, picked = k, []
     live = sorted((c, j) for j, c in enumerate(counts) if c > 0)
     for i, (c, j) in enumerate(live):

@@ -23,7 +23,7 @@ def _stats(t) -> dict[str, float]:
 
 def select_coreset(checkpoint: str | Path, out: str | Path, *, bits: list[int] | None = None,
                    fraction: float = 0.2, score: str = "el2n", sampling: str = "weighted",
-                   uniform_mix: float = 0.5, batch_size: int = 256, device: str = "auto", seed: int = 0,
+                   uniform_mix: float | None = None, batch_size: int = 256, device: str = "auto", seed: int = 0,
                    start: Callable[[int], None] | None = None,
                    progress: Callable[[int], None] | None = None) -> dict:
     """Score every training sample at every width of ``bits``; write ``out``; return a summary.
@@ -39,11 +39,12 @@ def select_coreset(checkpoint: str | Path, out: str | Path, *, bits: list[int] |
     from ..methods import create_method
     from ..methods.base import Setting
     from .io import CoresetFile, labels_fingerprint, write_coreset
-    from .sampling import draw_subset, overlap, subset_size
+    from .sampling import UNIFORM_MIX, draw_subset, overlap, subset_size
     from .scores import compute_scores
 
     if not 0 < fraction <= 1:
         raise MbqError(f"--fraction must be in (0, 1], got {fraction}")
+    uniform_mix = UNIFORM_MIX if uniform_mix is None else uniform_mix
     if not 0 <= uniform_mix <= 1:
         raise MbqError(f"--uniform-mix must be in [0, 1], got {uniform_mix}")
     if score == "forgetting":
