@@ -390,10 +390,12 @@ def test_eval_bit_outside_valid_widths_is_exit_2(emq_ckpt, capsys, bit):
     assert code == 2 and out == "" and "not supported" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("args, lr, wd", [([], 0.2, 2.5e-3), (["--lr", "0.05"], 0.05, 2.5e-3),
-                                          (["--optimizer", "adamw"], None, None),
-                                          (["--weight-decay", "1e-4"], 0.2, 1e-4)])
+@pytest.mark.parametrize("args, lr, wd", [([], 0.2236 * 26 / 128, 2.5e-3), (["--lr", "0.05"], 0.05, 2.5e-3),
+                                          (["--optimizer", "adamw"], 1e-3 * (26 / 128) ** 0.5, None),
+                                          (["--weight-decay", "1e-4"], 0.2236 * 26 / 128, 1e-4)])
 def test_emq_optimizer_defaults_go_with_sgd(args, lr, wd):
+    """At 10 epochs the default fraction is 0.2: SGD at 0.1 / sqrt(0.2) per 128 images, scaled to
+    the 26-image child batch, decay 5e-4 / 0.2; an Adam run gets Adam's own 1e-3."""
     from mbq.cli.train import build_config
     from mbq.core.config import OptimConfig
 
@@ -401,6 +403,6 @@ def test_emq_optimizer_defaults_go_with_sgd(args, lr, wd):
               **{a.lstrip("-").replace("-", "_"): v for a, v in zip(args[::2], args[1::2])}}
     explicit = {a.lstrip("-").replace("-", "_") for a in args[::2]} | {"method", "bits"}
     cfg = build_config(values, explicit, {}, [])
-    assert cfg.optim.lr == (lr if lr is not None else OptimConfig().lr)
-    assert cfg.optim.weight_decay == (wd if wd is not None else OptimConfig().weight_decay)
-    assert cfg.optim.warmup_epochs == 1
+    assert cfg.optim.lr == pytest.approx(lr, rel=1e-3)
+    assert cfg.optim.weight_decay == pytest.approx(wd if wd is not None else OptimConfig().weight_decay)
+    assert cfg.optim.warmup_fraction == 0.05

@@ -186,7 +186,9 @@ def test_train_records_method_defaults_and_bn_mode(mebqat_ckpt):
     from mbq.core.checkpoint import read_header
 
     cfg = json.loads(read_header(mebqat_ckpt)["mbq.config"])
-    assert cfg["optim"]["optimizer"] == "adamw" and cfg["optim"]["lr"] == 1e-3
+    # SGD at the shared 0.1 (batch 128), scaled to the run's batch (issue 14)
+    assert cfg["optim"]["optimizer"] == "sgd"
+    assert cfg["optim"]["lr"] == pytest.approx(0.1 * cfg["data"]["batch_size"] / 128)
     assert int(cfg["options"]["recal_batches"]) == 2
     pairs = json.loads(read_header(mebqat_ckpt)["mbq.pairs"])
     assert len(pairs) == len(valid_pairs([2, 4, 32]))

@@ -18,6 +18,7 @@ _MAP = {
     "batch_size": "data.batch_size", "augment": "data.augment",
     "optimizer": "optim.optimizer", "lr": "optim.lr", "weight_decay": "optim.weight_decay",
     "momentum": "optim.momentum", "schedule": "optim.schedule", "warmup": "optim.warmup_epochs",
+    "warmup_fraction": "optim.warmup_fraction",
     "grad_clip": "optim.grad_clip",
     "quantizer": "quant.weight", "act_quantizer": "quant.act", "first_last_bits": "quant.first_last_bits",
 }
@@ -38,17 +39,43 @@ def _set(d: dict, dotted: str, value) -> None:
     d[last] = value
 
 
-def _apply_method_defaults(doc: dict, opts_cls, explicit: set[str], file_values: dict) -> None:
-    """A method's own defaults for shared flags (``train_defaults`` on its options class,
-    e.g. mebqat -> AdamW at 1e-3), used where neither a flag nor the config file set them."""
-    def given(dotted: str) -> bool:
-        return any(k in explicit or k in file_values for k, v in _MAP.items() if v == dotted)
+def _given(dotted: str, explicit: set[str], file_values: dict) -> bool:
+    names = [k for k, v in _MAP.items() if v == dotted] + (["quantizer"] if dotted == "quant.act" else [])
+    return any(k in explicit or k in file_values for k in names)  # a --quantizer preset sets both
 
-    for dotted, value in getattr(opts_cls, "train_defaults", {}).items():
+
+def _apply_method_defaults(doc: dict, defaults: dict, explicit: set[str], file_values: dict) -> None:
+    """A method's own defaults for shared flags (``train_defaults`` on its options class,
+    e.g. mebqat -> SGD at 0.1), used where neither a flag nor the config file set them."""
+    def given(dotted: str) -> bool:
+        return _given(dotted, explicit, file_values)
+
+    for dotted, value in defaults.items():
         # a method's LR and decay go with its optimizer: not applied when the user picked one
         if not given(dotted) and not (dotted in ("optim.lr", "optim.weight_decay")
                                       and given("optim.optimizer")):
+            # one warm-up: a method's default never stacks on the user's other form of it
+            if dotted.startswith("optim.warmup") and (given("optim.warmup_epochs")
+                                                      or given("optim.warmup_fraction")):
+                continue
             _set(doc, dotted, value)
+
+
+def _scale_lr(cfg, opts_cls) -> None:
+    """A default LR is stated at REF_BATCH images per gradient: scale it to this run's."""
+    from pydantic import ValidationError
+
+    from mbq.core.config import format_validation_error
+    from mbq.core.defaults import lr_for_batch
+    from mbq.core.errors import MbqError
+
+    try:
+        opts = opts_cls.model_validate(cfg.options)
+    except ValidationError as e:
+        raise MbqError(format_validation_error(e, as_flags=True)) from None
+    batch = opts.step_batch(cfg.data.batch_size)
+    if batch is not None:
+        cfg.optim.lr = lr_for_batch(cfg.optim.lr, cfg.optim.optimizer, batch)
 
 
 def build_config(values: dict, explicit: set[str], file_values: dict, extra_args: list[str]):
@@ -93,14 +120,42 @@ def build_config(values: dict, explicit: set[str], file_values: dict, extra_args
     method = doc.get("method", "qat")
     from mbq.core.methods import options_class
     opts_cls = options_class(method)  # unknown method -> MbqError
-    _apply_method_defaults(doc, opts_cls, explicit, file_values)
     opts = {k.replace("-", "_"): v for k, v in file_opts.items()}
     opts.update(parse_method_args(method, extra_args))
+    opts, defaults = opts_cls.run_defaults(opts, int(doc.get("epochs", TrainConfig.model_fields["epochs"].default)))
+    _apply_method_defaults(doc, defaults, explicit, file_values)
+    optim = doc.get("optim", {})
+    if "lr" not in optim and optim.get("optimizer", "sgd") != "sgd":
+        from mbq.core.defaults import ADAM_LR
+        _set(doc, "optim.lr", ADAM_LR)  # SGD's 0.1 would wreck an Adam run
     doc["options"] = opts
     try:
-        return TrainConfig.model_validate(doc)
+        cfg = TrainConfig.model_validate(doc)
     except ValidationError as e:
-        raise MbqError(format_validation_error(e)) from None
+        raise MbqError(_flag_names(format_validation_error(e))) from None
+    if not _given("optim.lr", explicit, file_values):
+        _scale_lr(cfg, opts_cls)
+    return cfg
+
+
+def _flag_names(message: str) -> str:
+    """``optim.lr: ...`` -> ``--lr: ...`` (users know the flags, not the config paths)."""
+    for flag, dotted in sorted(_MAP.items(), key=lambda kv: -len(kv[1])):
+        message = message.replace(f"{dotted}:", f"--{flag.replace('_', '-')}:")
+    return message
+
+
+def resolve_config(argv: list[str]):
+    """The TrainConfig ``mbq train ARGV`` would run: the same flag defaults, config
+    file, method defaults and LR scaling. Benchmarks build their runs with this."""
+    import typer.main
+
+    from .app import app
+
+    cmd = typer.main.get_command(app).commands["train"]
+    ctx = cmd.make_context("train", list(argv))
+    file_values = read_config_file(ctx.params.get("config"))
+    return build_config(dict(ctx.params), explicit_params(ctx), file_values, list(ctx.args))
 
 
 def train(
@@ -120,13 +175,14 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 128,
     augment: Annotated[bool, typer.Option(help="The dataset's default batch augmentation.")] = True,
     optimizer: Annotated[str, typer.Option(help="sgd, adamw or adam.")] = "sgd",
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.1,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate [default: the method's, at batch 128, scaled to --batch-size: linearly for SGD, by the square root for Adam].", show_default=False)] = None,
     weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 5e-4,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
     schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = "cosine",
-    warmup: Annotated[float, typer.Option(help="Linear warm-up epochs.")] = 0.0,
+    warmup: Annotated[float, typer.Option(help="Linear warm-up epochs (shorter than the run).")] = 0.0,
+    warmup_fraction: Annotated[float, typer.Option(help="Linear warm-up as a fraction of the run's steps, in [0, 1).")] = 0.0,
     grad_clip: Annotated[Optional[float], typer.Option(help="Clip the gradient norm.")] = None,
-    quantizer: Annotated[Optional[str], typer.Option(help="dorefa (default), sat (PACT acts), lsq, roundclamp.")] = None,
+    quantizer: Annotated[Optional[str], typer.Option(help="dorefa (clamp acts; the default but for qat), sat (PACT acts; qat's default), lsq, roundclamp.")] = None,
     act_quantizer: Annotated[Optional[str], typer.Option(help="clamp, pact, lsq or none.")] = None,
     first_last_bits: Annotated[Optional[int], typer.Option(help="Bits of the first conv and last linear (32 = float).")] = None,
     init: Annotated[Optional[Path], typer.Option(help="Start from an mbq checkpoint or a torchvision state_dict file.")] = None,

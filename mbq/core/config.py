@@ -7,7 +7,7 @@ Shared sections live here; each method adds its own options class
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -104,7 +104,8 @@ class OptimConfig(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up, in epochs")
+    warmup_fraction: float = Field(0.0, ge=0, lt=1, description="linear warm-up, as a fraction of the run's steps")
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75],
                                     description="step schedule: fractions of the run (or epochs if > 1)")
     gamma: float = Field(0.1, gt=0, le=1)
@@ -113,6 +114,20 @@ class OptimConfig(_Strict):
 
 class MethodOptions(_Strict):
     """Base class for a method's own options (``mbq train --method X --opt ...``)."""
+
+    # shared flags this method defaults differently, e.g. {"optim.lr": 0.2} (at REF_BATCH)
+    train_defaults: ClassVar[dict] = {}
+
+    @classmethod
+    def run_defaults(cls, options: dict, epochs: int) -> tuple[dict, dict]:
+        """(options, shared-flag defaults) for a run of ``epochs`` epochs: a method whose
+        defaults depend on the run's shape resolves them here, before validation."""
+        return options, dict(cls.train_defaults)
+
+    def step_batch(self, batch_size: int) -> int | None:
+        """Images behind each gradient a step sums (the default LR scales with it);
+        None: not a mini-batch method (episodes), so the LR is not scaled."""
+        return batch_size
 
 
 class TrainConfig(_Strict):
@@ -143,6 +158,16 @@ class TrainConfig(_Strict):
         if v != "same":
             check_bits(int(v) if v.isdigit() else 32 if v == "fp" else -1)
         return v
+
+    @model_validator(mode="after")
+    def _warmup_ok(self):
+        o = self.optim
+        if o.warmup_epochs and o.warmup_fraction:
+            raise ValueError("give the warm-up once: --warmup (epochs) or --warmup-fraction, not both")
+        if o.warmup_epochs >= self.epochs:
+            raise ValueError(f"--warmup {o.warmup_epochs:g} epochs is not shorter than the run "
+                             f"(--epochs {self.epochs}); use --warmup-fraction for a share of the run")
+        return self
 
     @model_validator(mode="after")
     def _device_ok(self):

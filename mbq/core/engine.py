@@ -161,7 +161,7 @@ def build_optimizer(params, oc) -> torch.optim.Optimizer:
 
 def build_scheduler(opt, oc, epochs: int, steps_per_epoch: int):
     total = max(1, epochs * steps_per_epoch)
-    warm = int(oc.warmup_epochs * steps_per_epoch)
+    warm = int(oc.warmup_epochs * steps_per_epoch) or int(oc.warmup_fraction * total)
     miles = [int((m if m <= 1 else m / epochs) * total) for m in oc.milestones]
 
     def factor(step: int) -> float:

@@ -65,8 +65,11 @@ class _LastInput:
 
 @torch.no_grad()
 def compute_scores(model: nn.Module, loader: Iterable, score: str, n: int, *, seed: int = 0,
-                   bit: int = 0, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+                   bit: int = 0, progress: Callable[[int], None] | None = None,
+                   partial: bool = False) -> torch.Tensor:
     """Score of every one of the ``n`` samples the loader yields (float32, CPU, by ``Batch.idx``).
+
+    ``partial``: the loader covers a sample of the data; the others get the mean score.
 
     ``random`` needs no model pass: uniform scores from (seed, bit).
     ``forgetting`` is gathered during training (see forgetting.py), not here.
@@ -96,6 +99,9 @@ def compute_scores(model: nn.Module, loader: Iterable, score: str, n: int, *, se
         if hook is not None:
             hook.close()
         model.train(was_training)
-    if torch.isnan(out).any():
+    missing = torch.isnan(out)
+    if missing.any() and partial and not missing.all():
+        out[missing] = out[~missing].mean()
+    elif missing.any():
         raise ValueError("the loader did not cover every sample")
     return out

@@ -15,7 +15,9 @@ from torch.nn import functional as F
 
 from ..coreset.bitwise import BitwiseCoreset
 from ..coreset.io import check_matches, read_coreset
+from ..coreset.sampling import mix_seed
 from ..coreset.scores import compute_scores
+from ..data import BatchLoader
 from ..errors import MbqError
 from ..quant import FP_BITS, set_bits
 from ._bn import running_statistics
@@ -66,12 +68,21 @@ class EMQMethod(MultiBitMethod):
         if o.coreset_fraction >= 1:
             return n_batches
         warm = 0 if o.coreset or o.coreset_warmup_data == "subset" else min(o.coreset_warmup, self.cfg.epochs)
-        core = max(1, math.ceil(o.coreset_fraction * n_batches - 1e-9))
+        bs = self.cfg.data.batch_size
+        core = max(1, math.ceil(o.coreset_fraction * n_batches * bs / self.child_batch - 1e-9))
         total = warm * n_batches + (self.cfg.epochs - warm) * core
         return max(1, round(total / self.cfg.epochs))
 
+    @property
+    def child_batch(self) -> int:
+        return self.opts.step_batch(self.cfg.data.batch_size)
+
     def setup(self, ctx) -> None:
         o = self.opts
+        if o.fraction_is_auto:
+            ctx.report("log", message=f"emq: each width trains on {o.coreset_fraction:g} of the data per "
+                                      f"epoch (the default for {self.cfg.epochs} epochs: max(0.2, min(1, "
+                                      "2 / epochs)); --coreset-fraction sets it)")
         file = None
         if o.coreset is not None and o.coreset_fraction < 1:
             file = read_coreset(o.coreset)
@@ -109,7 +120,8 @@ class EMQMethod(MultiBitMethod):
         subsets = cs.draw(epoch)
         loaders = {}
         for b in self.bits_desc:
-            ld = ctx.loader(indices=subsets[b], seed_offset=b)
+            ld = ctx.loader(indices=subsets[b], seed_offset=b,
+                            batch_size=self.child_batch if subsets[b] is not None else None)
             ld.set_epoch(epoch)
             loaders[b] = ld
         return _ChildStreams(loaders)
@@ -119,14 +131,18 @@ class EMQMethod(MultiBitMethod):
         if cs.score == "forgetting":
             scores = cs.tracked_scores()
         else:
-            ctx.report("log", message=f"emq: scoring {cs.n} images ({cs.score}) at "
+            m = cs.n if self._score_pool(epoch) is None else self._score_pool(epoch).numel()
+            ctx.report("log", message=f"emq: scoring {m} of {cs.n} images ({cs.score}) at "
                                       f"{_bits_text(self.bits_desc)} bits")
-            loader = ctx.eval_loader(ctx.train_set)
+            pool = self._score_pool(epoch)
+            loader = BatchLoader(ctx.train_set, self.cfg.data.eval_batch_size, shuffle=False,
+                                 device=ctx.device, indices=pool)
             scores = {}
             for b in self.bits_desc:
                 set_bits(model, b, self.cfg.act_bits_for(b))
                 with ctx.autocast():
-                    scores[b] = compute_scores(model, loader, cs.score, cs.n, seed=self.cfg.seed, bit=b)
+                    scores[b] = compute_scores(model, loader, cs.score, cs.n, seed=self.cfg.seed, bit=b,
+                                               partial=pool is not None)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             for b in self.bits_desc:  # identical on every rank, whatever the float noise
                 t = scores[b].to(ctx.device)
@@ -134,6 +150,16 @@ class EMQMethod(MultiBitMethod):
                 scores[b] = t.cpu()
         cs.set_scores(scores, epoch)
         model.train()
+
+    def _score_pool(self, epoch: int) -> torch.Tensor | None:
+        """The images one scoring pass scores (None: all): a random pool of
+        --coreset-score-pool coreset sizes, fixed by (seed, epoch)."""
+        cs = self.coreset
+        m = math.ceil(self.opts.coreset_score_pool * cs.k)
+        if m >= cs.n:
+            return None
+        g = torch.Generator().manual_seed(mix_seed(self.cfg.seed, epoch, 7331))
+        return torch.randperm(cs.n, generator=g)[:m].sort().values
 
     def _teacher(self, ctx, b: int, x: torch.Tensor) -> torch.Tensor | None:
         kd = self.opts.kd
@@ -191,7 +217,8 @@ class EMQMethod(MultiBitMethod):
     def metadata(self, ctx) -> dict:
         o = self.opts
         cs = {"fraction": o.coreset_fraction, "score": o.coreset_score, "sampling": o.coreset_sampling,
-              "uniform_mix": o.coreset_uniform_mix,
+              "uniform_mix": o.coreset_uniform_mix, "score_pool": o.coreset_score_pool,
+              "batch": self.child_batch,
               "warmup": 0 if o.coreset else o.coreset_warmup, "warmup_data": o.coreset_warmup_data,
               "child_loss": o.child_loss, "bn_stats": o.bn_stats, "wbc": o.wbc,
               "file": str(o.coreset) if o.coreset else None}

@@ -104,6 +104,32 @@ def clamp_act(x: torch.Tensor, bits: int) -> torch.Tensor:
     return _ClampQuant.apply(x, levels)
 
 
+class _PACTQuant(torch.autograd.Function):
+    """PACT/SAT fake-quant in one pass, its gradients from one saved copy of x.
+
+    Autograd through relu/minimum/round_ste keeps five activation-sized tensors
+    and runs a dozen kernels; this keeps x and runs the same maths.
+    """
+
+    @staticmethod
+    def forward(ctx, x, alpha, levels):
+        a = alpha.to(x.dtype)
+        u = torch.minimum(x.clamp(min=0), a).mul_(levels / a)  # in [0, levels]
+        q = u.round()
+        inside = (x > 0) & (x < a)
+        # d/d(alpha): 1 above the clip, the rounding residual (q - u) / levels inside
+        resid = torch.where(inside, (q - u).div_(levels), (x >= a).to(x.dtype))
+        ctx.save_for_backward(inside, resid)
+        ctx.alpha_shape, ctx.alpha_dtype = alpha.shape, alpha.dtype
+        return q.mul_(a / levels)
+
+    @staticmethod
+    def backward(ctx, grad):
+        inside, resid = ctx.saved_tensors
+        ga = (grad * resid).sum().reshape(ctx.alpha_shape).to(ctx.alpha_dtype)
+        return grad * inside, ga, None
+
+
 def pact_act(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
     """PACT/SAT: clip to [0, alpha] with a learned alpha, then quantize.
 
@@ -111,9 +137,7 @@ def pact_act(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
     """
     if is_fp(bits):
         return x
-    y = torch.minimum(torch.relu(x), alpha)
-    n = _levels(bits)
-    return alpha * round_ste(y / alpha * n) / n
+    return _PACTQuant.apply(x, alpha, _levels(bits))
 
 
 # --- LSQ ---------------------------------------------------------------------

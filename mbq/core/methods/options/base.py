@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from ...config import MethodOptions
@@ -11,6 +13,10 @@ class FPOptions(MethodOptions):
 
 class QATOptions(MethodOptions):
     """QAT at one width: ``--bits N`` (+ ``--act-bits``); quantizer flags are shared."""
+
+    # PACT activations (the sat preset): a fixed [0, 1] clamp saturates much of each BN output
+    # and cost 1.6 points at W4A4 after 2 epochs on 10k MNIST images (docs/benchmarks.md)
+    train_defaults: ClassVar[dict] = {"quant.act": "pact"}
 
     scheme: dict[str, dict[str, int]] | None = Field(
         None, description="per-layer {layer: {w, a}}; set from a mixed-precision --init checkpoint")

@@ -5,23 +5,49 @@ Every field is a ``mbq train --method emq`` flag; see docs/emq.md.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator
 
 from ._multibit import MultiBitOptions
 
+DEFAULT_FRACTION = 0.2  # the paper's operating point, for runs of >= 10 epochs
+WARMUP_FRACTION = 0.05  # of the run's steps (one epoch was half of a 2-epoch run)
+MIN_CORESET_BATCH = 16  # BatchNorm statistics of a smaller batch are too noisy
 SCORES = ("el2n", "grand", "entropy", "forgetting", "random")
 SAMPLINGS = ("weighted", "stratified", "topk", "random")
+
+
+def auto_fraction(epochs: int) -> float:
+    """The default coreset fraction: two passes over the data per width, 0.2 at most."""
+    return round(min(1.0, max(DEFAULT_FRACTION, 2.0 / max(1, epochs))), 4)
 
 
 class EMQOptions(MultiBitOptions):
     """Shared BN + weight bias correction + bit-wise coreset sampling."""
 
-    # each width takes ~f of the steps of plain training: every child steps at 0.2 (losses summed),
-    # warmed up over one epoch, with 5x the usual decay per unit LR (so 5e-4 per step); on
-    # benchmarks/emq.py's five-width run this beat 0.1/0.3/0.5 with averaged losses by 0.7-2.4 points
-    train_defaults: ClassVar[dict] = {"optim.lr": 0.2, "optim.weight_decay": 2.5e-3, "optim.warmup_epochs": 1}
+    @classmethod
+    def run_defaults(cls, options: dict, epochs: int) -> tuple[dict, dict]:
+        """The coreset fraction and the optimizer defaults that go with it.
+
+        Without --coreset-fraction (or a coreset file) each width trains on
+        max(0.2, min(1, 2 / epochs)) of the data per epoch: at least two passes over the
+        data per width in all, below which a width is short of images, not of steps
+        (docs/emq.md, "Choosing the defaults"). Each width's batch is f x --batch-size, so
+        an epoch has as many steps as plain training; the LR at batch 128 is 0.1 / sqrt(f)
+        and the decay 5e-4 / f (f = 1: Any-Precision's 0.1 and 5e-4).
+        """
+        options = dict(options)
+        if "coreset_fraction" not in options and not options.get("coreset"):
+            options["coreset_fraction"] = auto_fraction(epochs)
+            options["fraction_is_auto"] = True
+        try:
+            f = float(options.get("coreset_fraction", DEFAULT_FRACTION))
+        except (TypeError, ValueError):
+            f = DEFAULT_FRACTION  # validation names the bad value
+        f = min(max(f, 0.1), 1.0)  # below 0.1 the rule would ask for LR > 0.3 and decay > 5e-3
+        return options, {"optim.lr": round(0.1 / f ** 0.5, 4), "optim.weight_decay": 5e-4 / f,
+                         "optim.warmup_fraction": WARMUP_FRACTION}
 
     wbc: bool = Field(True, description="weight bias correction: match each quantized filter's "
                                         "mean/std to the FP path's, at every width")
@@ -43,7 +69,10 @@ class EMQOptions(MultiBitOptions):
         "none", description="add soft cross-entropy from the FP path (fp) or the next-higher "
                             "trained width (recursive), computed on each child's own batch")
     coreset_fraction: float = Field(
-        0.2, description="fraction of the training set each width trains on per epoch (1 = no coreset)")
+        DEFAULT_FRACTION, description="fraction of the training set each width trains on per epoch "
+                                      "(1 = no coreset; default max(0.2, min(1, 2 / --epochs)))")
+    fraction_is_auto: bool = Field(False, json_schema_extra={"hidden": True},
+                                   description="coreset_fraction came from the epochs rule")
     coreset_warmup: int = Field(
         1, ge=0, description="warm-up epochs before the per-bit scores are computed (see --coreset-warmup-data)")
     coreset_warmup_data: Literal["subset", "full"] = Field(
@@ -58,10 +87,24 @@ class EMQOptions(MultiBitOptions):
     coreset_uniform_mix: float = Field(
         0.5, ge=0, le=1, description="weighted draws: share of the probability spread uniformly "
                                      "(0 = proportional to the score alone)")
+    coreset_score_pool: float = Field(
+        2.0, gt=0, description="score a random pool of this many coreset sizes per scoring pass "
+                               "(the rest get the pool's mean score); pool >= 1 / fraction scores all")
     coreset_rescore_every: int = Field(
         0, ge=0, description="recompute the scores every K coreset epochs (0 = never)")
     coreset: Path | None = Field(
         None, description="precomputed coreset file from mbq select-coreset (skips the warm-up)")
+    coreset_batch: int | None = Field(
+        None, ge=1, description="each width's mini-batch on its coreset (default: --batch-size x "
+                                "--coreset-fraction, at least 16, so an epoch has as many steps as "
+                                "plain training)")
+
+    def step_batch(self, batch_size: int) -> int:
+        if self.coreset_batch is not None:
+            return self.coreset_batch
+        if self.coreset_fraction >= 1:
+            return batch_size
+        return min(batch_size, max(MIN_CORESET_BATCH, round(batch_size * self.coreset_fraction)))
 
     @field_validator("coreset_fraction")
     @classmethod

@@ -30,6 +30,9 @@ class EpisodeOptions(MethodOptions):
     test_episodes: int = Field(600, ge=1, description="meta-test episodes of the final test, per setting")
     grad_clamp: float = Field(10.0, gt=0, description="clamp every averaged gradient element to ±this")
 
+    def step_batch(self, batch_size: int) -> None:
+        return None  # episodes, not --batch-size mini-batches: the LR is not batch-scaled
+
     @field_validator("meta_train_classes", "meta_test_classes", mode="before")
     @classmethod
     def _classes(cls, v, info):

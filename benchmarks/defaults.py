@@ -1,0 +1,249 @@
+"""Every method at its own defaults over the range users run (issue 14).
+
+Each run is built by ``mbq.cli.train.resolve_config`` from an ``mbq train`` argument
+list, so it gets exactly what the command gets: the flag defaults, the method's
+defaults and the batch-scaled learning rate. Nothing here sets an optimizer flag.
+The figures are the end-of-training test top-1 (full 10 000-image MNIST test set)
+that ``mbq train`` prints, at the widths each method evaluates by default (EMQ:
+1..8 and FP without calibration; anyprec: its trained widths; mebqat: FP and W=A).
+
+    python benchmarks/defaults.py --quick        # a few cells, ~25 min on 2 cores
+    python benchmarks/defaults.py                # the grid (hours on 2 cores)
+    python benchmarks/defaults.py --cells c2e-r20 --methods emq,anyprec
+
+Results go to benchmarks/results/defaults.json (rewritten after every run, so an
+interrupted sweep keeps what it measured) and, with --table, to the table in
+docs/benchmarks.md. Training time runs from the engine's start event to the end of the
+last epoch (steps, warm-up, coreset scoring, checkpoint writes; not the final test).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "defaults.json"
+DOC = HERE.parent / "docs" / "benchmarks.md"
+
+# cell name -> mbq train flags shared by every method of the cell (bits: the multi-bit list)
+CELLS: dict[str, dict] = {
+    # the centre: full-width resnet20, 10k images, the default batch
+    "c2e-r20": {"arch": "resnet20", "width": 1, "subset": 10000, "epochs": 2, "batch": 128, "bits": "2,4,8"},
+    "c4e-r20": {"arch": "resnet20", "width": 1, "subset": 10000, "epochs": 4, "batch": 128, "bits": "2,4,8"},
+    "c10e-r20": {"arch": "resnet20", "width": 1, "subset": 10000, "epochs": 10, "batch": 128, "bits": "2,4,8"},
+    # one axis at a time around it
+    "c2e-r20h": {"arch": "resnet20", "width": 0.5, "subset": 10000, "epochs": 2, "batch": 128, "bits": "2,4,8"},
+    "c2e-cnn": {"arch": "cnn", "width": None, "subset": 10000, "epochs": 2, "batch": 128, "bits": "2,4,8"},
+    "c2e-b64": {"arch": "resnet20", "width": 1, "subset": 10000, "epochs": 2, "batch": 64, "bits": "2,4,8"},
+    "c2e-b256": {"arch": "resnet20", "width": 1, "subset": 10000, "epochs": 2, "batch": 256, "bits": "2,4,8"},
+    "c2e-5k": {"arch": "resnet20", "width": 1, "subset": 5000, "epochs": 2, "batch": 128, "bits": "2,4,8"},
+    "c2e-full": {"arch": "resnet20", "width": 1, "subset": None, "epochs": 2, "batch": 128, "bits": "2,4,8"},
+    "c2e-5w": {"arch": "resnet20", "width": 1, "subset": 10000, "epochs": 2, "batch": 128, "bits": "1,2,4,8,32"},
+    "c2e-2w": {"arch": "resnet20", "width": 1, "subset": 10000, "epochs": 2, "batch": 128, "bits": "1,32"},
+}
+# method -> flags of its own (beyond the cell's); "bits" marks the methods that take the cell's list
+METHODS: dict[str, dict] = {
+    "fp": {"flags": []},
+    "qat": {"flags": ["--bits", "4"]},
+    "anyprec": {"flags": [], "bits": True},
+    "emq": {"flags": [], "bits": True},
+    "mebqat": {"flags": [], "bits": True},
+    "msq": {"flags": ["--target-compression", "16"]},
+    "bsq": {"flags": []},
+}
+QUICK = {"c2e-r20": ["fp", "qat", "anyprec", "emq", "mebqat"], "c4e-r20": ["anyprec", "emq"]}
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def argv_for(cell: dict, method: str, out: Path, seed: int = 0, flags: list[str] = ()) -> list[str]:
+    """The ``mbq train`` arguments of one run (no optimizer flag: the defaults are the product)."""
+    argv = ["--method", method, "--arch", cell["arch"], "--epochs", str(cell["epochs"]),
+            "--batch-size", str(cell["batch"]), "--val-size", "0", "--seed", str(seed),
+            "--device", "cpu", "--out", str(out)]
+    if cell.get("width") is not None:
+        argv += ["--width", str(cell["width"])]
+    if cell.get("subset"):
+        argv += ["--train-subset", str(cell["subset"])]
+    spec = METHODS[method]
+    if spec.get("bits"):
+        argv += ["--bits", cell["bits"]]
+    return argv + spec["flags"] + list(flags)
+
+
+class _Clock:
+    def __init__(self):
+        self.start = self.end = None
+        self.losses: list[float] = []
+
+    def __call__(self, event, **d):
+        if event == "start":
+            self.start = time.perf_counter()
+        elif event == "epoch":
+            self.end = time.perf_counter()
+            self.losses.append(d["train_loss"])
+            _log(f"    epoch {d['epoch']}: loss {d['train_loss']:.3f}  {d['wall_s']:.1f}s")
+
+
+def run_one(cell_name: str, method: str, folder: Path, seed: int, flags: list[str] = ()) -> dict:
+    from mbq.cli.train import resolve_config
+    from mbq.core.engine import train
+    from mbq.core.methods import create_method
+
+    argv = argv_for(CELLS[cell_name], method, folder / f"{cell_name}-{method}.safetensors", seed, flags)
+    cfg = resolve_config(argv)
+    clock = _Clock()
+    t0 = time.perf_counter()
+    result = train(cfg, create_method(cfg), clock)
+    top1 = result["top1"]
+    return {"cell": cell_name, "method": method, "argv": argv, "config": CELLS[cell_name],
+            "optim": cfg.optim.model_dump(include={"optimizer", "lr", "weight_decay", "warmup_epochs",
+                                                   "warmup_fraction"}),
+            "train_s": clock.end - clock.start, "total_s": time.perf_counter() - t0,
+            "train_loss": clock.losses, "top1": top1, "problems": result.get("problems", [])}
+
+
+# --- targets ------------------------------------------------------------------------------
+
+def _trained_labels(row: dict) -> list[str]:
+    if row["method"] in ("anyprec", "emq", "mebqat"):
+        return ["fp" if b == "32" else b for b in row["config"]["bits"].split(",")]
+    return list(row["top1"])
+
+
+def check_cell(rows: list[dict]) -> list[str]:
+    """The issue's targets for one cell's rows; one line per target, 'ok' or 'MISS'."""
+    by = {r["method"]: r for r in rows}
+    out = []
+    if "qat" in by and "fp" in by:
+        gap = by["fp"]["top1"]["fp"] - by["qat"]["top1"]["4"]
+        out.append(f"{'ok  ' if gap <= 1.0 else 'MISS'} qat W4A4 {gap:+.2f} below fp (<= 1.0)")
+    if "anyprec" in by:
+        ref = by["anyprec"]["top1"]
+        for m in ("emq", "mebqat"):
+            if m not in by:
+                continue
+            for lab in _trained_labels(by[m]):
+                if lab in ref and lab in by[m]["top1"]:
+                    gap = ref[lab] - by[m]["top1"][lab]
+                    out.append(f"{'ok  ' if gap <= 1.0 else 'MISS'} {m} width {lab}: {gap:+.2f} below anyprec (<= 1.0)")
+        if "emq" in by:
+            e = by["emq"]["top1"]
+            trained = sorted(int(b) for b in by["emq"]["config"]["bits"].split(",") if int(b) < 32)
+            for w in (3, 5, 6, 7):
+                lo = [b for b in trained if b < w]
+                hi = [b for b in trained if b > w]
+                if lo and hi and str(w) in e:
+                    nb = min(e[str(max(lo))], e[str(min(hi))])
+                    gap = nb - e[str(w)]
+                    out.append(f"{'ok  ' if gap <= 1.0 else 'MISS'} emq untrained {w}: {gap:+.2f} below its worse neighbour (<= 1.0)")
+            ratio = by["anyprec"]["train_s"] / by["emq"]["train_s"]
+            out.append(f"     anyprec/emq training time {ratio:.2f}x")
+    if "msq" in by and "fp" in by:
+        gap = by["fp"]["top1"]["fp"] - by["msq"]["top1"].get("mixed", 0.0)
+        out.append(f"{'ok  ' if gap <= 1.5 else 'MISS'} msq x16 {gap:+.2f} below fp (<= 1.5)")
+    if rows and rows[0]["config"]["epochs"] == 2 and rows[0]["config"]["subset"] == 10000:
+        for m in ("qat", "anyprec", "emq", "mebqat"):
+            if m in by:
+                low = {k: v for k, v in by[m]["top1"].items() if k not in ("fp", "1") and v < 97.0}
+                out.append(f"{'ok  ' if not low else 'MISS'} {m} 2..8 bits >= 97%"
+                           + (f" (below: {low})" if low else ""))
+    return out
+
+
+# --- output ---------------------------------------------------------------------------------
+
+def _cfg_text(c: dict) -> str:
+    arch = c["arch"] + (f" w{c['width']:g}" if c.get("width") not in (None, 1) else "")
+    return f"{arch}, {c['subset'] or 'all'} imgs, {c['epochs']} ep, batch {c['batch']}"
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| cell | method | configuration | optimizer (resolved) | top-1 per width | train s |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        o = r["optim"]
+        warm = (f", warm-up {o['warmup_fraction']:g} of run" if o.get("warmup_fraction")
+                else f", warm-up {o['warmup_epochs']:g} ep" if o.get("warmup_epochs") else "")
+        bits = f" bits {r['config']['bits']}" if METHODS[r["method"]].get("bits") else ""
+        widths = " · ".join(f"{k}: {v:.2f}" for k, v in r["top1"].items())
+        lines.append(f"| {r['cell']} | {r['method']} | {_cfg_text(r['config'])}{bits} | "
+                     f"{o['optimizer']} {o['lr']:.4g}{warm} | {widths} | {r['train_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def write_doc(rows: list[dict], checks: dict[str, list[str]], command: str) -> None:
+    begin, end = "<!-- defaults:begin -->", "<!-- defaults:end -->"
+    body = [begin, f"Measured with `{command}` (seed 0, CPU, 2 threads).", "", table(rows), ""]
+    for cell, lines in checks.items():
+        body += [f"**{cell}**", "", *[f"- `{ln}`" for ln in lines], ""]
+    body.append(end)
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
+    if begin in text:
+        text = text[:text.index(begin)] + "\n".join(body) + text[text.index(end) + len(end):]
+    else:
+        text += "\n" + "\n".join(body) + "\n"
+    DOC.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="the quick cells only (~25 min on 2 cores)")
+    ap.add_argument("--cells", help="comma-separated cell names (default: all, or the quick ones)")
+    ap.add_argument("--methods", help="comma-separated methods (default: each cell's)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--table", action="store_true", help="also rewrite the table in docs/benchmarks.md")
+    ap.add_argument("--list", action="store_true", help="print the runs and their argv, train nothing")
+    ap.add_argument("--flags", default="", help="extra mbq train flags for every run (sweeps: such rows "
+                                                "are not the defaults)")
+    a = ap.parse_args(argv)
+
+    plan = dict(QUICK) if a.quick else {c: list(METHODS) for c in CELLS}
+    if a.cells:
+        names = a.cells.split(",")
+        unknown = [c for c in names if c not in CELLS]
+        if unknown:
+            ap.error(f"unknown cell(s) {unknown}; cells: {', '.join(CELLS)}")
+        plan = {c: plan.get(c, list(METHODS)) for c in names}
+    if a.methods:
+        want = a.methods.split(",")
+        plan = {c: [m for m in want if m in METHODS] for c in plan}
+    if a.list:
+        for c, ms in plan.items():
+            for m in ms:
+                print(f"{c} {m}: mbq train {' '.join(argv_for(CELLS[c], m, Path(f'{c}-{m}.safetensors')))}")
+        return
+
+    import torch
+    torch.set_num_threads(a.threads)
+    rows: list[dict] = []
+    command = "python benchmarks/defaults.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    with tempfile.TemporaryDirectory() as tmp:
+        for c, ms in plan.items():
+            for m in ms:
+                _log(f"{c} / {m}")
+                row = run_one(c, m, Path(tmp), a.seed, a.flags.split())
+                _log(f"  {m}: {row['train_s']:.0f}s  " + "  ".join(f"{k}:{v:.2f}" for k, v in row["top1"].items()))
+                rows.append(row)
+                checks = {cell: check_cell([r for r in rows if r["cell"] == cell]) for cell in plan}
+                a.out.parent.mkdir(parents=True, exist_ok=True)
+                a.out.write_text(json.dumps({"command": command, "rows": rows, "checks": checks}, indent=1))
+    for cell, lines in checks.items():
+        print(f"{cell}:")
+        for ln in lines:
+            print(f"  {ln}")
+    print(table(rows))
+    if a.table:
+        write_doc(rows, checks, command)
+
+
+if __name__ == "__main__":
+    main()

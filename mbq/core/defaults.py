@@ -1,0 +1,16 @@
+"""Defaults that follow the run's shape. Torch-free.
+
+A method states its learning rate at :data:`REF_BATCH` images per gradient;
+``mbq train`` scales it to the run's batch (linearly for SGD, by the square
+root for Adam/AdamW) unless ``--lr`` is given.
+"""
+from __future__ import annotations
+
+REF_BATCH = 128
+SGD_LR = 0.1  # OptimConfig's default
+ADAM_LR = 1e-3  # Adam/AdamW with no LR of the method's
+
+
+def lr_for_batch(lr: float, optimizer: str, batch: int, ref: int = REF_BATCH) -> float:
+    r = batch / ref
+    return lr * (r if optimizer == "sgd" else r ** 0.5)

@@ -1,0 +1,212 @@
+"""Defaults that follow the run's shape (issue 14): batch-scaled LR, warm-up as a share of
+the run, EMQ's epoch-dependent coreset fraction, refusals of settings that cannot work,
+and the default path of every method trained for real on an MNIST slice."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mbq.cli.app import app
+from mbq.cli.train import resolve_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(*args):
+    return resolve_config(list(args))
+
+
+# --- learning rate --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch, lr", [(64, 0.05), (128, 0.1), (256, 0.2)])
+def test_sgd_default_lr_scales_linearly_with_the_batch(batch, lr):
+    cfg = _cfg("--method", "qat", "--batch-size", str(batch))
+    assert cfg.optim.lr == pytest.approx(lr)
+
+
+def test_adam_default_lr_scales_by_square_root_and_explicit_lr_is_kept():
+    cfg = _cfg("--method", "qat", "--optimizer", "adamw", "--lr", "0.001", "--batch-size", "512")
+    assert cfg.optim.lr == pytest.approx(0.001)  # given: taken as is
+    cfg = _cfg("--method", "fp", "--optimizer", "adamw", "--batch-size", "512")
+    assert cfg.optim.lr == pytest.approx(1e-3 * 2.0)  # Adam's own default, x sqrt(512 / 128)
+
+
+def test_episodic_methods_are_not_batch_scaled():
+    cfg = _cfg("--method", "protonet", "--batch-size", "512")
+    assert (cfg.optim.optimizer, cfg.optim.lr) == ("adam", 1e-3)
+
+
+def test_mebqat_defaults_to_sgd():
+    cfg = _cfg("--method", "mebqat")
+    assert cfg.optim.optimizer == "sgd" and cfg.optim.lr == pytest.approx(0.1)
+    assert cfg.bits == [2, 3, 4, 5, 6, 7, 8, 16, 32]
+
+
+# --- EMQ -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("epochs, f", [(1, 1.0), (2, 1.0), (4, 0.5), (5, 0.4), (10, 0.2), (50, 0.2)])
+def test_emq_default_fraction_gives_two_passes_per_width(epochs, f):
+    cfg = _cfg("--method", "emq", "--bits", "2,4,8", "--epochs", str(epochs))
+    assert cfg.options["coreset_fraction"] == pytest.approx(f)
+    assert cfg.options["fraction_is_auto"] is True
+    assert cfg.optim.lr == pytest.approx(round(0.1 / f ** 0.5, 4) * _child(128, f) / 128, rel=1e-3)
+    assert cfg.optim.weight_decay == pytest.approx(5e-4 / f)
+    assert cfg.optim.warmup_fraction == pytest.approx(0.05) and cfg.optim.warmup_epochs == 0
+
+
+def _child(batch, f):
+    return batch if f >= 1 else min(batch, max(16, round(batch * f)))
+
+
+def test_emq_given_fraction_is_kept_and_sets_its_optimizer_defaults():
+    cfg = _cfg("--method", "emq", "--bits", "2,4,8", "--epochs", "4", "--coreset-fraction", "0.2",
+               "--batch-size", "64")
+    assert float(cfg.options["coreset_fraction"]) == 0.2 and "fraction_is_auto" not in cfg.options
+    assert cfg.optim.weight_decay == pytest.approx(2.5e-3)
+    assert cfg.optim.lr == pytest.approx(round(0.1 / 0.2 ** 0.5, 4) * 16 / 128, rel=1e-3)  # child batch 16
+
+
+def test_emq_user_warmup_replaces_the_method_default():
+    cfg = _cfg("--method", "emq", "--bits", "2,4,8", "--warmup", "1")
+    assert (cfg.optim.warmup_epochs, cfg.optim.warmup_fraction) == (1, 0)
+
+
+def test_emq_child_batch_and_steps_per_epoch():
+    from mbq.core.methods import create_method
+
+    cfg = _cfg("--method", "emq", "--bits", "2,4,8", "--epochs", "10", "--batch-size", "128")
+    m = create_method(cfg)
+    assert m.child_batch == 26
+    assert m.steps_per_epoch(79) == 78  # ceil(0.2 * 79 * 128 / 26): batches of 128 over 10 000 images
+    cfg = _cfg("--method", "emq", "--bits", "2,4,8", "--epochs", "10", "--coreset-batch", "128")
+    assert create_method(cfg).steps_per_epoch(79) == 16
+
+
+# --- refusals --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, needle", [
+    (["--lr", "0"], "--lr"), (["--lr", "-0.1"], "--lr"),
+    (["--warmup", "-1"], "--warmup"), (["--warmup", "3"], "not shorter than the run"),
+    (["--warmup-fraction", "1"], "--warmup-fraction"), (["--warmup-fraction", "-0.1"], "--warmup-fraction"),
+    (["--warmup", "1", "--warmup-fraction", "0.1"], "not both"),
+    (["--method", "emq", "--coreset-batch", "0"], "--coreset-batch"),
+])
+def test_unworkable_optimizer_settings_are_refused(tmp_path, args, needle):
+    res = CliRunner().invoke(app, ["train", "--epochs", "3", "--out", str(tmp_path / "m.safetensors"), *args])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in res.output
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_warmup_fraction_shapes_the_schedule():
+    import torch
+
+    from mbq.core.config import OptimConfig
+    from mbq.core.engine import build_scheduler
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = build_scheduler(opt, OptimConfig(warmup_fraction=0.1), epochs=2, steps_per_epoch=50)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0) and lrs[-1] < 0.01
+
+
+# --- the benchmark uses the command's path ----------------------------------------------------
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_defaults", ROOT / "benchmarks" / "defaults.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_runs_are_mbq_train_argv_without_optimizer_flags(tmp_path):
+    bench = _bench()
+    for cell in bench.CELLS.values():
+        for m in bench.METHODS:
+            argv = bench.argv_for(cell, m, tmp_path / "x.safetensors")
+            assert not {"--lr", "--optimizer", "--weight-decay", "--warmup", "--warmup-fraction"} & set(argv)
+            resolve_config(argv)  # every run is a valid mbq train command
+
+
+def test_benchmark_targets_fire_on_a_gap():
+    bench = _bench()
+    cell = dict(bench.CELLS["c2e-r20"])
+    rows = [{"method": "anyprec", "config": cell, "top1": {"8": 98.0, "4": 98.0, "2": 97.5}, "train_s": 100},
+            {"method": "emq", "config": cell, "train_s": 25,
+             "top1": {"8": 97.5, "4": 96.5, "2": 97.4, "3": 97.0, "5": 95.0, "6": 96.4, "7": 96.5}}]
+    lines = bench.check_cell(rows)
+    assert any(ln.startswith("MISS") and "emq width 4" in ln for ln in lines)
+    assert any(ln.startswith("ok") and "emq width 8" in ln for ln in lines)
+    assert any(ln.startswith("MISS") and "untrained 5" in ln for ln in lines)
+    assert any("4.00x" in ln for ln in lines)
+    assert any(ln.startswith("MISS") and "emq 2..8 bits >= 97%" in ln for ln in lines)
+
+
+# --- the default path, trained for real ------------------------------------------------------
+
+DEFAULT_PATH = {  # method -> flags of its own; every optimizer setting is the method's default
+    "fp": [], "qat": ["--bits", "4"], "anyprec": ["--bits", "2,8"], "emq": ["--bits", "2,8"],
+    "mebqat": ["--bits", "2,8"], "msq": ["--target-compression", "8"], "bsq": [],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(DEFAULT_PATH))
+def test_every_method_default_path_trains_well_above_chance(tmp_path, method):
+    out = tmp_path / "m.safetensors"
+    res = CliRunner().invoke(app, ["train", "--method", method, "--arch", "cnn", "--train-subset", "3000",
+                                   "--val-size", "0", "--epochs", "2", "--out", str(out), "--quiet",
+                                   "--json", *DEFAULT_PATH[method]])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    trained = doc["top1"]
+    if method in ("anyprec", "emq", "mebqat"):  # mebqat trains FP too (its teacher task)
+        keep = ("2", "8", "fp") if method == "mebqat" else ("2", "8")
+        trained = {k: v for k, v in trained.items() if k in keep}
+    assert trained and all(v > 60.0 for v in trained.values()), trained  # chance is 10%
+
+
+def test_partial_scores_fill_the_unscored_with_the_pool_mean():
+    import torch
+    from torch import nn
+
+    from mbq.core.coreset.scores import compute_scores
+    from mbq.core.data.loader import Batch
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    idx = torch.tensor([1, 4, 7])
+    batch = Batch(torch.randn(3, 1, 2, 2), torch.tensor([0, 1, 2]), idx)
+    s = compute_scores(model, [batch], "el2n", 10, partial=True)
+    assert torch.isfinite(s).all()
+    rest = torch.ones(10, dtype=torch.bool)
+    rest[idx] = False
+    assert torch.allclose(s[rest], s[idx].mean().expand(7))
+    with pytest.raises(ValueError):
+        compute_scores(model, [batch], "el2n", 10)
+
+
+def test_emq_score_pool_size():
+    from mbq.core.coreset.bitwise import BitwiseCoreset
+    from mbq.core.methods import create_method
+
+    m = create_method(_cfg("--method", "emq", "--bits", "2,4,8", "--epochs", "10"))
+    m.coreset = BitwiseCoreset([2, 4, 8], 10000, fraction=0.2, score="el2n", sampling="weighted",
+                               seed=0, warmup=1)
+    pool = m._score_pool(1)
+    assert pool.numel() == 4000 and pool.unique().numel() == 4000
+    assert torch_equal(pool, m._score_pool(1)) and not torch_equal(pool, m._score_pool(2))
+    m.opts.coreset_score_pool = 5.0
+    assert m._score_pool(1) is None  # 5 coreset sizes cover the data: score everything
+
+
+def torch_equal(a, b):
+    import torch
+    return torch.equal(a, b)
