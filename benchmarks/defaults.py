@@ -8,6 +8,7 @@ that ``mbq train`` prints, at the widths each method evaluates by default (EMQ:
 1..8 and FP without calibration; anyprec: its trained widths; mebqat: FP and W=A).
 
     python benchmarks/defaults.py --quick        # a few cells, ~25 min on 2 cores
+    python benchmarks/defaults.py --plan ratio   # EMQ's cost ratio at f=0.2, 4 and 10 epochs (~40 min)
     python benchmarks/defaults.py                # the grid (hours on 2 cores)
     python benchmarks/defaults.py --cells c2e-r20 --methods emq,anyprec
 
@@ -51,30 +52,35 @@ METHODS: dict[str, dict] = {
     "qat": {"flags": ["--bits", "4"]},
     "anyprec": {"flags": [], "bits": True},
     "emq": {"flags": [], "bits": True},
+    # item 3's cost ratio is stated at f = 0.2; at 2..4 epochs the default fraction is larger
+    "emq-f0.2": {"method": "emq", "flags": ["--coreset-fraction", "0.2"], "bits": True},
     "mebqat": {"flags": [], "bits": True},
     "msq": {"flags": ["--target-compression", "16"]},
     "bsq": {"flags": []},
 }
-QUICK = {"c2e-r20": ["fp", "qat", "anyprec", "emq", "mebqat"], "c4e-r20": ["anyprec", "emq"]}
+PLANS = {  # named subsets of the grid; --quick is "quick"
+    "quick": {"c2e-r20": ["fp", "qat", "anyprec", "emq", "mebqat"], "c4e-r20": ["anyprec", "emq", "emq-f0.2"]},
+    "ratio": {"c4e-r20": ["anyprec", "emq-f0.2"], "c10e-r20": ["anyprec", "emq-f0.2"]},
+}
 
 
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def argv_for(cell: dict, method: str, out: Path, seed: int = 0, flags: list[str] = ()) -> list[str]:
+def argv_for(cell: dict, method: str, out: Path, seed: int = 0) -> list[str]:
     """The ``mbq train`` arguments of one run (no optimizer flag: the defaults are the product)."""
-    argv = ["--method", method, "--arch", cell["arch"], "--epochs", str(cell["epochs"]),
+    spec = METHODS[method]
+    argv = ["--method", spec.get("method", method), "--arch", cell["arch"], "--epochs", str(cell["epochs"]),
             "--batch-size", str(cell["batch"]), "--val-size", "0", "--seed", str(seed),
             "--device", "cpu", "--out", str(out)]
     if cell.get("width") is not None:
         argv += ["--width", str(cell["width"])]
     if cell.get("subset"):
         argv += ["--train-subset", str(cell["subset"])]
-    spec = METHODS[method]
     if spec.get("bits"):
         argv += ["--bits", cell["bits"]]
-    return argv + spec["flags"] + list(flags)
+    return argv + spec["flags"]
 
 
 class _Clock:
@@ -91,69 +97,69 @@ class _Clock:
             _log(f"    epoch {d['epoch']}: loss {d['train_loss']:.3f}  {d['wall_s']:.1f}s")
 
 
-def run_one(cell_name: str, method: str, folder: Path, seed: int, flags: list[str] = ()) -> dict:
+def run_one(cell_name: str, method: str, folder: Path, seed: int) -> dict:
     from mbq.cli.train import resolve_config
     from mbq.core.engine import train
     from mbq.core.methods import create_method
 
-    argv = argv_for(CELLS[cell_name], method, folder / f"{cell_name}-{method}.safetensors", seed, flags)
+    argv = argv_for(CELLS[cell_name], method, folder / f"{cell_name}-{method}.safetensors", seed)
     cfg = resolve_config(argv)
     clock = _Clock()
     t0 = time.perf_counter()
     result = train(cfg, create_method(cfg), clock)
     top1 = result["top1"]
-    return {"cell": cell_name, "method": method, "argv": argv, "config": CELLS[cell_name],
+    health = result.get("health", {})
+    return {"cell": cell_name, "name": method, "method": METHODS[method].get("method", method), "argv": argv, "config": CELLS[cell_name],
             "optim": cfg.optim.model_dump(include={"optimizer", "lr", "weight_decay", "warmup_epochs",
                                                    "warmup_fraction"}),
             "train_s": clock.end - clock.start, "total_s": time.perf_counter() - t0,
-            "train_loss": clock.losses, "top1": top1, "problems": result.get("problems", [])}
+            "train_loss": clock.losses, "top1": top1, "problems": health.get("problems", [])}
 
 
 # --- targets ------------------------------------------------------------------------------
 
 def _trained_labels(row: dict) -> list[str]:
-    if row["method"] in ("anyprec", "emq", "mebqat"):
+    if METHODS[row.get("name", row["method"])].get("bits"):
         return ["fp" if b == "32" else b for b in row["config"]["bits"].split(",")]
     return list(row["top1"])
 
 
 def check_cell(rows: list[dict]) -> list[str]:
     """The issue's targets for one cell's rows; one line per target, 'ok' or 'MISS'."""
-    by = {r["method"]: r for r in rows}
+    by = {r.get("name", r["method"]): r for r in rows}
     out = []
     if "qat" in by and "fp" in by:
         gap = by["fp"]["top1"]["fp"] - by["qat"]["top1"]["4"]
         out.append(f"{'ok  ' if gap <= 1.0 else 'MISS'} qat W4A4 {gap:+.2f} below fp (<= 1.0)")
     if "anyprec" in by:
         ref = by["anyprec"]["top1"]
-        for m in ("emq", "mebqat"):
-            if m not in by:
-                continue
+        for m in [n for n in by if by[n]["method"] in ("emq", "mebqat")]:
             for lab in _trained_labels(by[m]):
                 if lab in ref and lab in by[m]["top1"]:
                     gap = ref[lab] - by[m]["top1"][lab]
                     out.append(f"{'ok  ' if gap <= 1.0 else 'MISS'} {m} width {lab}: {gap:+.2f} below anyprec (<= 1.0)")
-        if "emq" in by:
-            e = by["emq"]["top1"]
-            trained = sorted(int(b) for b in by["emq"]["config"]["bits"].split(",") if int(b) < 32)
+        for name in [n for n in by if by[n]["method"] == "emq"]:
+            e = by[name]["top1"]
+            trained = sorted(int(b) for b in by[name]["config"]["bits"].split(",") if int(b) < 32)
             for w in (3, 5, 6, 7):
                 lo = [b for b in trained if b < w]
                 hi = [b for b in trained if b > w]
                 if lo and hi and str(w) in e:
                     nb = min(e[str(max(lo))], e[str(min(hi))])
                     gap = nb - e[str(w)]
-                    out.append(f"{'ok  ' if gap <= 1.0 else 'MISS'} emq untrained {w}: {gap:+.2f} below its worse neighbour (<= 1.0)")
-            ratio = by["anyprec"]["train_s"] / by["emq"]["train_s"]
-            out.append(f"     anyprec/emq training time {ratio:.2f}x")
+                    out.append(f"{'ok  ' if gap <= 1.0 else 'MISS'} {name} untrained {w}: {gap:+.2f} below its worse neighbour (<= 1.0)")
+            ratio = by["anyprec"]["train_s"] / by[name]["train_s"]
+            goal = {4: 3.0, 10: 4.5}.get(by[name]["config"]["epochs"]) if name == "emq-f0.2" else None
+            verdict = "     " if goal is None else ("ok   " if ratio >= goal else "MISS ")
+            out.append(f"{verdict}anyprec/{name} training time {ratio:.2f}x" + (f" (>= {goal})" if goal else ""))
     if "msq" in by and "fp" in by:
         gap = by["fp"]["top1"]["fp"] - by["msq"]["top1"].get("mixed", 0.0)
         out.append(f"{'ok  ' if gap <= 1.5 else 'MISS'} msq x16 {gap:+.2f} below fp (<= 1.5)")
     if rows and rows[0]["config"]["epochs"] == 2 and rows[0]["config"]["subset"] == 10000:
-        for m in ("qat", "anyprec", "emq", "mebqat"):
-            if m in by:
-                low = {k: v for k, v in by[m]["top1"].items() if k not in ("fp", "1") and v < 97.0}
-                out.append(f"{'ok  ' if not low else 'MISS'} {m} 2..8 bits >= 97%"
-                           + (f" (below: {low})" if low else ""))
+        for m in [n for n in by if by[n]["method"] in ("qat", "anyprec", "emq", "mebqat")]:
+            low = {k: v for k, v in by[m]["top1"].items() if k not in ("fp", "1") and v < 97.0}
+            out.append(f"{'ok  ' if not low else 'MISS'} {m} 2..8 bits >= 97%"
+                       + (f" (below: {low})" if low else ""))
     return out
 
 
@@ -171,16 +177,21 @@ def table(rows: list[dict]) -> str:
         o = r["optim"]
         warm = (f", warm-up {o['warmup_fraction']:g} of run" if o.get("warmup_fraction")
                 else f", warm-up {o['warmup_epochs']:g} ep" if o.get("warmup_epochs") else "")
-        bits = f" bits {r['config']['bits']}" if METHODS[r["method"]].get("bits") else ""
+        bits = f" bits {r['config']['bits']}" if METHODS[r.get("name", r["method"])].get("bits") else ""
         widths = " · ".join(f"{k}: {v:.2f}" for k, v in r["top1"].items())
-        lines.append(f"| {r['cell']} | {r['method']} | {_cfg_text(r['config'])}{bits} | "
+        lines.append(f"| {r['cell']} | {r.get('name', r['method'])} | {_cfg_text(r['config'])}{bits} | "
                      f"{o['optimizer']} {o['lr']:.4g}{warm} | {widths} | {r['train_s']:.0f} |")
+    if any(r.get("problems") for r in rows):
+        lines += ["", "Health check failures: " + "; ".join(
+            f"{r['cell']}/{r.get('name', r['method'])}: {p}" for r in rows for p in r.get("problems", []))]
     return "\n".join(lines)
 
 
-def write_doc(rows: list[dict], checks: dict[str, list[str]], command: str) -> None:
+def write_doc(rows: list[dict], checks: dict[str, list[str]], commands: list[str]) -> None:
     begin, end = "<!-- defaults:begin -->", "<!-- defaults:end -->"
-    body = [begin, f"Measured with `{command}` (seed 0, CPU, 2 threads).", "", table(rows), ""]
+    body = [begin, "Measured with " + ", then ".join(f"`{c}`" for c in commands)
+            + " (seed 0, CPU, 2 threads; later runs replace a cell's rows of the same method).",
+            "", table(rows), ""]
     for cell, lines in checks.items():
         body += [f"**{cell}**", "", *[f"- `{ln}`" for ln in lines], ""]
     body.append(end)
@@ -192,21 +203,30 @@ def write_doc(rows: list[dict], checks: dict[str, list[str]], command: str) -> N
     DOC.write_text(text)
 
 
+def _merged(previous: dict, rows: list[dict]) -> list[dict]:
+    """Earlier rows of the results file, with this run's rows replacing the same cell/method."""
+    new = {(r["cell"], r.get("name", r["method"])) for r in rows}
+    kept = [r for r in previous.get("rows", []) if (r["cell"], r.get("name", r["method"])) not in new]
+    order = list(CELLS)
+    return sorted(kept + rows, key=lambda r: order.index(r["cell"]) if r["cell"] in order else len(order))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="the quick cells only (~25 min on 2 cores)")
-    ap.add_argument("--cells", help="comma-separated cell names (default: all, or the quick ones)")
+    ap.add_argument("--quick", action="store_true", help="the quick plan only (~25 min on 2 cores)")
+    ap.add_argument("--plan", choices=list(PLANS), help="a named subset of the grid")
+    ap.add_argument("--cells", help="comma-separated cell names (default: all, or the plan's)")
     ap.add_argument("--methods", help="comma-separated methods (default: each cell's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--fresh", action="store_true", help="discard the rows already in --out")
     ap.add_argument("--table", action="store_true", help="also rewrite the table in docs/benchmarks.md")
     ap.add_argument("--list", action="store_true", help="print the runs and their argv, train nothing")
-    ap.add_argument("--flags", default="", help="extra mbq train flags for every run (sweeps: such rows "
-                                                "are not the defaults)")
     a = ap.parse_args(argv)
 
-    plan = dict(QUICK) if a.quick else {c: list(METHODS) for c in CELLS}
+    plan_name = "quick" if a.quick else a.plan
+    plan = dict(PLANS[plan_name]) if plan_name else {c: list(METHODS) for c in CELLS}
     if a.cells:
         names = a.cells.split(",")
         unknown = [c for c in names if c not in CELLS]
@@ -215,7 +235,10 @@ def main(argv: list[str] | None = None) -> None:
         plan = {c: plan.get(c, list(METHODS)) for c in names}
     if a.methods:
         want = a.methods.split(",")
-        plan = {c: [m for m in want if m in METHODS] for c in plan}
+        unknown = [m for m in want if m not in METHODS]
+        if unknown:
+            ap.error(f"unknown method(s) {unknown}; methods: {', '.join(METHODS)}")
+        plan = {c: want for c in plan}
     if a.list:
         for c, ms in plan.items():
             for m in ms:
@@ -224,25 +247,38 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
     torch.set_num_threads(a.threads)
-    rows: list[dict] = []
+    previous = {} if a.fresh or not a.out.exists() else json.loads(a.out.read_text())
     command = "python benchmarks/defaults.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    commands = [c for c in previous.get("commands", []) if c != command] + [command]
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for c, ms in plan.items():
             for m in ms:
                 _log(f"{c} / {m}")
-                row = run_one(c, m, Path(tmp), a.seed, a.flags.split())
+                row = run_one(c, m, Path(tmp), a.seed)
+                row["command"] = command
                 _log(f"  {m}: {row['train_s']:.0f}s  " + "  ".join(f"{k}:{v:.2f}" for k, v in row["top1"].items()))
                 rows.append(row)
-                checks = {cell: check_cell([r for r in rows if r["cell"] == cell]) for cell in plan}
-                a.out.parent.mkdir(parents=True, exist_ok=True)
-                a.out.write_text(json.dumps({"command": command, "rows": rows, "checks": checks}, indent=1))
-    for cell, lines in checks.items():
+                doc = _write_results(a.out, _merged(previous, rows), commands)
+    for cell, lines in doc["checks"].items():
         print(f"{cell}:")
         for ln in lines:
             print(f"  {ln}")
-    print(table(rows))
+    print(table(doc["rows"]))
     if a.table:
-        write_doc(rows, checks, command)
+        write_doc(doc["rows"], doc["checks"], doc["commands"])
+
+
+def _write_results(path: Path, rows: list[dict], commands: list[str]) -> dict:
+    """Rewritten after every run: an interrupted sweep keeps what it measured."""
+    cells = list(dict.fromkeys(r["cell"] for r in rows))
+    checks = {cell: check_cell([r for r in rows if r["cell"] == cell]) for cell in cells}
+    doc = {"commands": commands, "rows": rows, "checks": checks}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)
+    return doc
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ def tiny_qat_ckpt(tmp_path_factory):
     from mbq.cli.app import app
 
     out = tmp_path_factory.mktemp("ckpt") / "qat.safetensors"
-    res = CliRunner().invoke(app, ["train", "--method", "qat", "--bits", "4", "--arch", "cnn",
+    res = CliRunner().invoke(app, ["train", "--method", "qat", "--bits", "4", "--arch", "cnn", "--no-health-check",
                                    "--train-subset", "512", "--val-size", "100", "--epochs", "1",
                                    "--out", str(out), "--quiet", "--json", "--seed", "1"])
     assert res.exit_code == 0, res.output

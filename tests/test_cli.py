@@ -12,7 +12,7 @@ from mbq.cli.app import app
 from mbq.core.checkpoint import read_checkpoint
 
 runner = CliRunner()
-TINY = ["--arch", "cnn", "--train-subset", "256", "--val-size", "64", "--epochs", "1", "--quiet"]
+TINY = ["--no-health-check", "--arch", "cnn", "--train-subset", "256", "--val-size", "64", "--epochs", "1", "--quiet"]
 
 
 def run(*args):
@@ -89,7 +89,7 @@ def test_config_file_defaults_and_flag_override(tmp_path):
     cfg.write_text('method = "qat"\nbits = "8"\narch = "cnn"\ntrain_subset = 256\nval_size = 64\n'
                    'epochs = 1\n')
     out = tmp_path / "c.safetensors"
-    r = run("train", "--config", cfg, "--bits", "2", "--out", out, "--quiet")
+    r = run("train", "--config", cfg, "--bits", "2", "--out", out, "--quiet", "--no-health-check")
     assert r.exit_code == 0, r.output
     _, meta = read_checkpoint(out)
     assert meta["mbq.bits"] == [2] and meta["mbq.config"]["data"]["train_subset"] == 256

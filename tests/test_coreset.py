@@ -10,7 +10,7 @@ from torch import nn
 from mbq.cli.app import main
 from mbq.core.coreset.sampling import draw_subset, overlap, subset_size
 
-SMALL = ["--arch", "cnn", "--train-subset", "512", "--val-size", "0", "--batch-size", "64",
+SMALL = ["--no-health-check", "--arch", "cnn", "--train-subset", "512", "--val-size", "0", "--batch-size", "64",
          "--optimizer", "adam", "--lr", "0.003", "--device", "cpu", "--quiet"]
 
 

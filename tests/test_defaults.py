@@ -155,22 +155,40 @@ DEFAULT_PATH = {  # method -> flags of its own; every optimizer setting is the m
     "fp": [], "qat": ["--bits", "4"], "anyprec": ["--bits", "2,8"], "emq": ["--bits", "2,8"],
     "mebqat": ["--bits", "2,8"], "msq": ["--target-compression", "8"], "bsq": [],
 }
+FEWSHOT_PATH = {  # episodic methods at their own episode settings (4-way 1-shot: chance 25%)
+    "protonet": [], "fomaml": [], "qat-pn": ["--bits", "4"], "qat-fomaml": ["--bits", "4"],
+    "mebqat-pn": ["--bits", "2,8"], "mebqat-maml": ["--bits", "2,8"],
+}
+
+
+def _train_default(tmp_path, method, *flags):
+    out = tmp_path / "m.safetensors"
+    res = CliRunner().invoke(app, ["train", "--method", method, "--arch", "cnn", "--val-size", "0",
+                                   "--epochs", "2", "--out", str(out), "--quiet", "--json", *flags])
+    assert res.exit_code == 0, res.output  # the health check passed too
+    doc = json.loads(res.stdout)
+    assert doc["healthy"] is True
+    return doc["top1"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", list(DEFAULT_PATH))
 def test_every_method_default_path_trains_well_above_chance(tmp_path, method):
-    out = tmp_path / "m.safetensors"
-    res = CliRunner().invoke(app, ["train", "--method", method, "--arch", "cnn", "--train-subset", "3000",
-                                   "--val-size", "0", "--epochs", "2", "--out", str(out), "--quiet",
-                                   "--json", *DEFAULT_PATH[method]])
-    assert res.exit_code == 0, res.output
-    doc = json.loads(res.stdout)
-    trained = doc["top1"]
+    # 5 000 images: the smallest --train-subset of the grid the defaults are held to
+    top1 = _train_default(tmp_path, method, "--train-subset", "5000", *DEFAULT_PATH[method])
+    trained = top1
     if method in ("anyprec", "emq", "mebqat"):  # mebqat trains FP too (its teacher task)
         keep = ("2", "8", "fp") if method == "mebqat" else ("2", "8")
-        trained = {k: v for k, v in trained.items() if k in keep}
+        trained = {k: v for k, v in top1.items() if k in keep}
     assert trained and all(v > 60.0 for v in trained.values()), trained  # chance is 10%
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(FEWSHOT_PATH))
+def test_every_fewshot_method_default_path_beats_chance(tmp_path, method):
+    top1 = _train_default(tmp_path, method, "--test-episodes", "200", *FEWSHOT_PATH[method])
+    trained = {k: v for k, v in top1.items() if k in ("fp", "2", "4", "8")}
+    assert trained and all(v > 35.0 for v in trained.values()), trained  # chance is 25%
 
 
 def test_partial_scores_fill_the_unscored_with_the_pool_mean():

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from mbq.cli.app import app, main
 
 runner = CliRunner()
-SMALL = ["--arch", "cnn", "--train-subset", "512", "--val-size", "0", "--batch-size", "64",
+SMALL = ["--no-health-check", "--arch", "cnn", "--train-subset", "512", "--val-size", "0", "--batch-size", "64",
          "--optimizer", "adam", "--lr", "0.003", "--device", "cpu", "--quiet"]
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from mbq.core.checkpoint import read_checkpoint
 
-TINY = ["--arch", "cnn", "--train-subset", "512", "--val-size", "64", "--device", "cpu"]
+TINY = ["--no-health-check", "--arch", "cnn", "--train-subset", "512", "--val-size", "64", "--device", "cpu"]
 
 
 def test_torchrun_two_processes_gloo(tmp_path):

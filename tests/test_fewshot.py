@@ -15,7 +15,7 @@ from mbq.core.fewshot.episodes import EpisodeData, EpisodeSampler, generator
 from mbq.core.fewshot.evaluate import mean_ci95
 from mbq.core.fewshot.protonet import proto_logits, prototypes
 
-TINY = ["--arch", "cnn", "--train-subset", "600", "--val-size", "0", "--epochs", "1",
+TINY = ["--no-health-check", "--arch", "cnn", "--train-subset", "600", "--val-size", "0", "--epochs", "1",
         "--episodes-per-epoch", "4", "--test-episodes", "3", "--device", "cpu", "--seed", "2",
         "--quiet", "--json"]
 

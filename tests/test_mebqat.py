@@ -17,7 +17,7 @@ from mbq.core.methods import create_method
 from mbq.core.methods.mebqat import kd_loss
 from mbq.core.quant import set_bits
 
-SMALL = ["--arch", "cnn", "--train-subset", "256", "--val-size", "0", "--epochs", "1",
+SMALL = ["--no-health-check", "--arch", "cnn", "--train-subset", "256", "--val-size", "0", "--epochs", "1",
          "--batch-size", "64", "--device", "cpu", "--seed", "3"]
 
 

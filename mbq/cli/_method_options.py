@@ -67,3 +67,18 @@ def parse_method_args(method: str, args: list[str]) -> dict:
         else:
             raise MbqError(f"option --{key} needs a value")
     return out
+
+
+def options_argv(options: dict) -> list[str]:
+    """The inverse of ``parse_method_args``: ``{'coreset_fraction': 0.2, 'wbc': False}`` ->
+    ``['--coreset-fraction', '0.2', '--no-wbc']`` (scripts that build ``mbq train`` commands)."""
+    argv: list[str] = []
+    for name, v in options.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(v, bool):
+            argv.append(flag if v else "--no-" + name.replace("_", "-"))
+        elif isinstance(v, (list, tuple)):
+            argv += [flag, ",".join(str(x) for x in v)]
+        else:
+            argv += [flag, str(v)]
+    return argv

@@ -189,6 +189,7 @@ def train(
     out: Annotated[Path, typer.Option(help="Checkpoint to write (.safetensors).")] = Path("runs/model.safetensors"),
     resume: Annotated[bool, typer.Option(help="Continue the run saved at --out.")] = False,
     amp: Annotated[bool, typer.Option(help="bfloat16 autocast on CUDA.")] = True,
+    health_check: Annotated[bool, typer.Option("--health-check/--no-health-check", help="Exit 1 when a trained width ends near chance or the training loss climbs over the last epochs (--no-health-check: report it, exit 0; for smoke runs).")] = True,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -205,7 +206,7 @@ def train(
         raise MbqError(f"--out must end in .safetensors (got {cfg.out})")
 
     from ._train_run import run_training
-    run_training(cfg, json_out=json_out, quiet=quiet)
+    run_training(cfg, json_out=json_out, quiet=quiet, health_check=health_check)
 
 
 def register(app: typer.Typer) -> None:

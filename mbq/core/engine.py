@@ -26,6 +26,7 @@ from .checkpoint import read_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import BatchLoader, create_dataset, split_holdout, take_subset
 from .errors import MbqError, RunFailed
+from .health import check_run
 from .methods.base import Method
 
 Reporter = Callable[..., None]
@@ -303,10 +304,12 @@ def train(cfg: TrainConfig, method: Method, report: Reporter = _null_reporter) -
     report("start", epochs=cfg.epochs, start_epoch=start_epoch, steps=steps, method=cfg.method,
            train_size=len(train_set), device=str(device), world_size=world)
     metrics = history
+    losses = _logged_losses(out, start_epoch) if start_epoch else []
     try:
         for epoch in range(start_epoch, cfg.epochs):
             ctx.epoch = epoch
             metrics = _run_epoch(ctx, epoch, steps)
+            losses.append(metrics["train_loss"])
             if rank == 0:
                 save_training_state(ctx, epoch, metrics)
                 _append_metrics(out, metrics)
@@ -315,6 +318,8 @@ def train(cfg: TrainConfig, method: Method, report: Reporter = _null_reporter) -
                 report("log", message=f"{cfg.method}: finished early at epoch {epoch + 1}")
                 break
         final = _final_test(ctx)
+        problems = check_run(final["top1"], method.trained_labels(), method.chance_top1(), losses)
+        final["health"] = {"healthy": not problems, "problems": problems}
         metrics = dict(metrics, test=final)
         if rank == 0:
             with _setting_kept(ctx):
@@ -382,6 +387,19 @@ def _eval_settings(ctx: TrainContext, dataset) -> dict[str, float]:
 def _final_test(ctx: TrainContext) -> dict:
     top1 = _eval_settings(ctx, ctx.test_set)
     return {"top1": top1, "dataset": ctx.cfg.data.name, "split": "test"}
+
+
+def _logged_losses(out: Path, epochs: int) -> list[float]:
+    """Per-epoch training losses of the first ``epochs`` epochs, from the run's metrics log."""
+    by_epoch = {}
+    if metrics_path(out).exists():
+        for line in metrics_path(out).read_text().splitlines():
+            try:
+                m = json.loads(line)
+                by_epoch[int(m["epoch"])] = float(m["train_loss"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line of an interrupted run
+    return [by_epoch[e] for e in sorted(by_epoch) if e <= epochs]
 
 
 def _append_metrics(out: Path, metrics: dict) -> None:

@@ -43,6 +43,9 @@ class FewShotMethod(Method):
         self._rng = random.Random(0)
         self._samplers: dict = {}
 
+    def chance_top1(self) -> float:
+        return 100.0 / self.opts.ways  # episodes are N-way
+
     # --- subclass hooks ----------------------------------------------------------------
     @abstractmethod
     def out_features(self) -> int:

@@ -64,6 +64,15 @@ class Method(ABC):
         """Precisions validated every epoch and tested at the end."""
         return [Setting(b, self.cfg.act_bits_for(b)) for b in self.trained_bits()]
 
+    def trained_labels(self) -> list[str]:
+        """Labels of the evaluated settings the run trained (the health check judges these)."""
+        trained = set(self.trained_bits())
+        return [s.label for s in self.eval_settings() if s.w is None or s.w in trained]
+
+    def chance_top1(self) -> float:
+        """Top-1 (percent) of a model that guesses."""
+        return 100.0 / self.cfg.model.num_classes
+
     def supports_bits(self, w: int) -> bool:
         """Whether ``mbq eval --bit w`` is meaningful for this model."""
         return True

@@ -1,0 +1,70 @@
+"""The end-of-run health check: near-chance trained widths and a climbing loss fail the run."""
+import json
+
+from typer.testing import CliRunner
+
+from mbq.cli.app import app
+from mbq.core.health import check_run, loss_rising, near_chance_floor
+
+
+def test_near_chance_floor_scales_with_the_chance_level():
+    assert near_chance_floor(10.0) == 19.0       # 10 classes
+    assert near_chance_floor(20.0) == 28.0       # 5-way episodes
+    assert abs(near_chance_floor(1.0) - 10.9) < 1e-9
+
+
+def test_only_trained_widths_near_chance_are_problems():
+    top1 = {"8": 97.0, "2": 12.0, "3": 11.0}
+    problems = check_run(top1, trained=["8", "2"], chance=10.0, losses=[1.0, 0.5])
+    assert len(problems) == 1 and problems[0].startswith("width 2 ended at 12.00%")
+    assert check_run({"8": 97.0, "3": 11.0}, ["8"], 10.0, [1.0, 0.5]) == []
+
+
+def test_loss_rising_needs_a_sustained_climb_above_the_best_epoch():
+    assert loss_rising([2.0, 0.5, 0.7, 0.9])
+    assert not loss_rising([2.0, 0.5, 0.52, 0.55])   # a climb, but within noise of the best
+    assert not loss_rising([2.0, 0.5, 0.9, 0.8])     # not monotone
+    assert not loss_rising([0.5, 0.9])               # too short to judge
+    problems = check_run({"fp": 90.0}, ["fp"], 10.0, [2.0, 0.5, 0.7, 0.9])
+    assert len(problems) == 1 and "diverging" in problems[0]
+
+
+def test_a_run_made_to_diverge_reports_the_width_and_exits_1(tmp_path):
+    out = tmp_path / "d.safetensors"
+    res = CliRunner().invoke(app, ["train", "--method", "fp", "--arch", "cnn", "--train-subset", "512",
+                                   "--val-size", "0", "--epochs", "2", "--lr", "1000", "--grad-clip", "1",
+                                   "--out", str(out), "--quiet", "--json"])
+    assert res.exit_code == 1, res.output
+    doc = json.loads(res.stdout)
+    assert doc["healthy"] is False and doc["problems"][0].startswith("width fp ended at")
+    assert "error: width fp ended at" in res.stderr
+    assert out.exists()  # kept for inspection
+
+
+def test_a_healthy_run_says_so_and_exits_0(tmp_path):
+    out = tmp_path / "h.safetensors"
+    res = CliRunner().invoke(app, ["train", "--method", "fp", "--arch", "cnn", "--train-subset", "1024",
+                                   "--val-size", "0", "--epochs", "1", "--out", str(out), "--quiet", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["healthy"] is True and doc["problems"] == []
+
+
+def test_resume_judges_the_loss_of_the_whole_run(tmp_path):
+    from mbq.core.engine import _logged_losses, metrics_path
+
+    out = tmp_path / "r.safetensors"
+    lines = [json.dumps({"epoch": e, "train_loss": v}) for e, v in [(1, 2.0), (2, 1.0), (3, 0.5)]]
+    metrics_path(out).write_text("\n".join(lines) + "\n{\"epoch\": 4, \"train_lo")  # a torn last line
+    assert _logged_losses(out, 2) == [2.0, 1.0]
+    assert _logged_losses(out, 3) == [2.0, 1.0, 0.5]
+
+
+def test_no_health_check_reports_but_exits_0(tmp_path):
+    out = tmp_path / "d.safetensors"
+    res = CliRunner().invoke(app, ["train", "--method", "fp", "--arch", "cnn", "--train-subset", "512",
+                                   "--val-size", "0", "--epochs", "1", "--lr", "1000", "--grad-clip", "1",
+                                   "--out", str(out), "--quiet", "--json", "--no-health-check"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["healthy"] is False
+    assert "warning: width fp ended at" in res.stderr
