@@ -8,9 +8,10 @@ Measures (issue 3):
   * ablations: EMQ without WBC, EMQ without coreset (fraction 1.0), EMQ with one set of
     BN running statistics for all widths (--bn-stats batch) instead of one per width.
 
-Each method trains with its own optimizer defaults, as mbq train applies them (SGD:
-anyprec lr 0.1; emq lr 0.2 with losses summed over widths, weight decay 2.5e-3, one
-warm-up epoch); --lr overrides the learning rate of every row.
+Every row is an ``mbq train`` argument list resolved by ``mbq.cli.train.resolve_config``
+(the command's own path), so each method trains with its own defaults exactly as a user
+gets them (the batch-scaled LR, EMQ's fraction-scaled LR and warm-up); --optimizer and
+--lr, when given, are passed as those flags to every row.
 
     python benchmarks/emq.py --threads 2   # the full run (~1 h on 2 cores)
     python benchmarks/emq.py --quick    # ~1-2 min smoke version: checks the pipeline,
@@ -77,36 +78,33 @@ class _Clock:
         return self.cpu_end - self.cpu_start
 
 
-def _optim(method: str, a) -> dict:
-    """The optimizer settings mbq train would use: the method's own defaults
-    (e.g. EMQ's learning rate and warm-up), as the CLI applies them, then --lr."""
-    from mbq.core.methods import options_class
+def train_argv(method, bits, opts, a, out: Path) -> list[str]:
+    """The ``mbq train`` arguments of one row: the command's own defaults but for what
+    the row varies (no optimizer flag unless --optimizer/--lr is given here)."""
+    from mbq.cli._method_options import options_argv
 
-    own = {k.split(".", 1)[1]: v for k, v in getattr(options_class(method), "train_defaults", {}).items()
-           if k.startswith("optim.")}
-    if own.get("optimizer", "sgd") != a.optimizer:  # a method's LR and decay go with its optimizer
-        own.pop("lr", None)
-        own.pop("weight_decay", None)
-    own["optimizer"] = a.optimizer
+    argv = ["--method", method, "--bits", ",".join(map(str, bits)), "--model", "resnet20",
+            "--width", f"{a.width:g}", "--epochs", str(a.epochs), "--train-subset", str(a.train_subset),
+            "--val-size", "0", "--batch-size", str(a.batch_size), "--seed", str(a.seed),
+            "--device", a.device, "--out", str(out)]
+    if a.optimizer:
+        argv += ["--optimizer", a.optimizer]
     if a.lr:
-        own["lr"] = a.lr
-    return own
+        argv += ["--lr", str(a.lr)]
+    options = dict(opts, eval_bits=[max(bits)], **({"calib_batches": CALIB_BATCHES} if method == "anyprec" else {}))
+    return argv + options_argv(options)
 
 
 def run_one(name, method, bits, opts, a, folder, log) -> dict:
-    from mbq.core.config import TrainConfig
+    from mbq.cli.train import resolve_config
     from mbq.core.engine import train
     from mbq.core.evaluate_checkpoint import evaluate_checkpoint
     from mbq.core.methods import create_method
 
     out = folder / (name.replace(" ", "_").replace("{", "").replace("}", "").replace(",", "-")
                     .replace("=", "") + ".safetensors")
-    cfg = TrainConfig(method=method, bits=bits, epochs=a.epochs, seed=a.seed, device=a.device, out=out,
-                      data={"train_subset": a.train_subset, "val_size": 0, "batch_size": a.batch_size},
-                      model={"arch": "resnet20", "kwargs": {"width": a.width}},
-                      optim=_optim(method, a),
-                      options=dict(opts, eval_bits=[max(bits)],
-                                   **({"calib_batches": CALIB_BATCHES} if method == "anyprec" else {})))
+    argv = train_argv(method, bits, opts, a, out)
+    cfg = resolve_config(argv)  # exactly what `mbq train` would run
     log(f"  {name}: training")
     clock = _Clock(log)
     train(cfg, create_method(cfg), clock)
@@ -115,8 +113,9 @@ def run_one(name, method, bits, opts, a, folder, log) -> dict:
     ev = evaluate_checkpoint(out, pairs=[(b, None) for b in ALL_WIDTHS], limit=a.test_limit,
                              device=a.device, seed=a.seed)
     top1 = {_label(r["w"]): r["top1"] for r in ev["results"]}
-    row = {"name": name, "method": method, "bits": bits, "options": opts,
-           "optim": {k: getattr(cfg.optim, k) for k in ("optimizer", "lr", "warmup_epochs")},
+    row = {"name": name, "method": method, "bits": bits, "options": opts, "argv": argv,
+           "optim": {k: getattr(cfg.optim, k) for k in ("optimizer", "lr", "weight_decay", "warmup_epochs",
+                                                         "warmup_fraction")},
            "train_s": clock.seconds,
            "train_cpu_s": clock.cpu_seconds,
            "eval_s": time.perf_counter() - t0, "top1": top1,
@@ -245,7 +244,7 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=float, help="resnet20 width multiplier")
     p.add_argument("--test-limit", type=int, help="first N MNIST test images")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--optimizer", default="sgd")
+    p.add_argument("--optimizer", help="one optimizer for every row (default: each method's own)")
     p.add_argument("--lr", type=float, help="one learning rate for every row (default: each method's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")

@@ -33,7 +33,7 @@ def _log(msg: str) -> None:
 def _train(out: Path, args) -> None:
     cmd = ["mbq", "train", "--method", "qat", "--bits", str(args.bits), "--arch", args.arch,
            "--train-subset", str(args.train_subset), "--val-size", "500", "--epochs", str(args.epochs),
-           "--optimizer", "adam", "--lr", "0.003", "--out", str(out), "--quiet", "--json",
+           "--out", str(out), "--quiet", "--json",
            "--device", "cpu", "--seed", "0"]
     _log("training: " + " ".join(cmd))
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

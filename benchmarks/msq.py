@@ -45,13 +45,15 @@ def _log(msg: str) -> None:
 
 
 def _cfg(method: str, p: dict, out: Path, width: float | None = None, **options):
-    from mbq.core.config import TrainConfig
+    """The TrainConfig ``mbq train`` builds from these arguments (its own resolution path)."""
+    from mbq.cli._method_options import options_argv
+    from mbq.cli.train import resolve_config
 
-    return TrainConfig.model_validate({
-        "method": method, "epochs": p["epochs"], "out": str(out), "device": "auto", "seed": 0,
-        "model": {"arch": p["arch"], "kwargs": {"width": width or p["width"]}},
-        "data": {"train_subset": p["train_subset"], "val_size": p["val_size"], "batch_size": p["batch"]},
-        "options": options})
+    argv = ["--method", method, "--epochs", str(p["epochs"]), "--out", str(out), "--device", "auto",
+            "--seed", "0", "--model", p["arch"], "--width", f"{width or p['width']:g}",
+            "--train-subset", str(p["train_subset"]), "--val-size", str(p["val_size"]),
+            "--batch-size", str(p["batch"])]
+    return resolve_config(argv + options_argv(options))
 
 
 # --- 1. parameters, memory, step time (child process per method) -------------------------------

@@ -1,7 +1,8 @@
 """Training-step time of 4-bit QAT (weights + activations) over float training.
 
-Same model (resnet20), data (MNIST) and batch (128), measured interleaved in
-one process so machine noise hits both alike. Also times `mbq --help`.
+Same model (resnet20), data (MNIST) and batch (128), each built as `mbq train` builds it
+(`--method fp` and `--method qat --bits 4`, resolved by the command's own path), measured
+interleaved in one process so machine noise hits both alike. Also times `mbq --help`.
 
     python benchmarks/overhead.py [--steps 30] [--arch resnet20] [--threads 2] [--json]
 """
@@ -17,10 +18,9 @@ import time
 import torch
 from torch.nn import functional as F
 
-from mbq.core.config import QuantConfig
+from mbq.cli.train import resolve_config
 from mbq.core.data import BatchLoader, create_dataset
-from mbq.core.models import create_model
-from mbq.core.quant import quantize_model
+from mbq.core.methods import create_method
 
 
 def _step_fn(model, opt):
@@ -48,12 +48,16 @@ def main() -> None:
     batches = [b for _, b in zip(range(8), loader)]
 
     def build(q: bool):
+        # the models `mbq train --method fp` / `--method qat --bits 4` build (qat: its default
+        # quantizer), with the step's optimizer as that command resolves it
+        cfg = resolve_config(["--method", "qat" if q else "fp", "--bits", "4" if q else "32",
+                              "--model", args.arch, "--batch-size", str(args.batch)])
+        cfg.model.num_classes, cfg.model.in_channels, cfg.model.image_size = 10, 1, 28  # MNIST (set at load)
         torch.manual_seed(0)
-        m = create_model(args.arch, num_classes=10, in_channels=1, image_size=28)
-        if q:
-            quantize_model(m, QuantConfig(w_bits=4, a_bits=4))
-        m = m.to(dev).train()
-        return _step_fn(m, torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9))
+        m = create_method(cfg).build_model().to(dev).train()
+        oc = cfg.optim
+        return _step_fn(m, torch.optim.SGD(m.parameters(), lr=oc.lr, momentum=oc.momentum,
+                                           weight_decay=oc.weight_decay))
 
     steps = {"fp": build(False), "qat_w4a4": build(True)}
     for s in steps.values():  # warm-up

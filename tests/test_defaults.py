@@ -228,3 +228,39 @@ def test_emq_score_pool_size():
 def torch_equal(a, b):
     import torch
     return torch.equal(a, b)
+
+
+def _bench_module(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_every_training_benchmark_resolves_runs_through_mbq_train():
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        text = path.read_text()
+        builds = "TrainConfig(" in text or "TrainConfig.model_validate({" in text
+        assert not builds, f"{path.name} builds a TrainConfig by hand; use mbq.cli.train.resolve_config"
+
+
+def test_emq_benchmark_rows_get_the_commands_defaults(tmp_path):
+    import argparse
+
+    bench = _bench_module("emq")
+    a = argparse.Namespace(width=0.5, epochs=10, train_subset=20000, batch_size=64, seed=0, device="cpu",
+                           optimizer=None, lr=None)
+    for _, method, bits, opts in bench.RUNS:
+        argv = bench.train_argv(method, bits, opts, a, tmp_path / "x.safetensors")
+        assert "--lr" not in argv and "--optimizer" not in argv
+        cfg = resolve_config(argv)
+        plain = resolve_config(["--method", method, "--bits", ",".join(map(str, bits)), "--batch-size", "64",
+                                "--epochs", "10", *(["--coreset-fraction", str(opts["coreset_fraction"])]
+                                                    if "coreset_fraction" in opts else [])])
+        assert cfg.optim == plain.optim  # the benchmark's optimizer is the command's
+
+
+def test_emq_defaults_sweep_default_variant_has_no_flags():
+    bench = _bench_module("emq_defaults")
+    assert bench.VARIANTS["default"] == []
+    assert all("--coreset-batch" in v for k, v in bench.VARIANTS.items() if k != "default")
