@@ -150,7 +150,8 @@ _PROBE = (-2.0, -0.5, 0.0, 0.25, 0.7, 1.0, 1.5, 3.0)
 
 @torch.no_grad()
 def _float_input(name: str, aq, bits: int) -> ActCodes | None:
-    """A float input passes unchanged (None) or is clipped to [0, 1] (``clamp_fp``): probe it."""
+    """A float input passes unchanged (None) or is clipped to [0, 1] (``clamp_fp``) or to
+    [0, alpha] (``pact_fp``): probe it."""
     state = next(itertools.chain(aq.parameters(), aq.buffers()), torch.empty(0))
     x = torch.tensor(_PROBE, device=state.device)
     y = aq(x, bits)
@@ -158,6 +159,9 @@ def _float_input(name: str, aq, bits: int) -> ActCodes | None:
         return None
     if torch.equal(y, x.clamp(0, 1)):
         return ActCodes(bits, 1.0, 0, 1, "clip")  # float input, clipped to [lo, hi] * scale
+    alpha = getattr(aq, "alpha", None)  # pact_fp: clipped to [0, alpha]
+    if alpha is not None and torch.equal(y, torch.minimum(x.clamp(min=0), alpha.to(x.dtype))):
+        return ActCodes(bits, float(alpha), 0, 1, "clip")
     raise MbqError(f"layer {name}: the {type(aq).__name__} activation quantizer changes float "
                    "inputs in a way export cannot represent")
 

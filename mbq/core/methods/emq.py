@@ -51,8 +51,8 @@ class EMQMethod(MultiBitMethod):
     def quant_config(self):
         o = self.opts
         act = self.cfg.quant.act
-        if act == "clamp" and o.fp_act == "clamp":
-            act = "clamp_fp"  # the shared BN sees [0, 1] activations at every width, FP included
+        if act in ("clamp", "pact") and o.fp_act == "clamp":
+            act += "_fp"  # the shared BN sees one activation range at every width, FP included
         return self._quant(act=act, wbc=o.wbc, wbc_detach=o.wbc_detach,
                            wbc_per_channel=o.wbc_per_channel, switchable_bn=None,
                            width_stats_bn=o.bn_stats == "per-width")

@@ -105,6 +105,16 @@ class PACTAct(nn.Module):
         return F.pact_act(x, self.alpha, bits)
 
 
+class PACTActFP(PACTAct):
+    """PACTAct whose FP path clips to [0, alpha] too (without rounding): the limit of the
+    quantized widths, so a BN shared by all widths sees one range at FP as well."""
+
+    def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        if F.is_fp(bits):
+            return torch.minimum(x.clamp(min=0), self.alpha.to(x.dtype))
+        return F.pact_act(x, self.alpha, bits)
+
+
 class LSQAct(_LSQBase):
     supports_1bit = True
     signed = False
@@ -123,4 +133,4 @@ class NoAct(nn.Module):
 
 
 WEIGHT_QUANTIZERS = {"dorefa": DoReFaWeight, "roundclamp": RoundClampWeight, "lsq": LSQWeight}
-ACT_QUANTIZERS = {"clamp": ClampAct, "clamp_fp": ClampActFP, "pact": PACTAct, "lsq": LSQAct, "none": NoAct}
+ACT_QUANTIZERS = {"clamp": ClampAct, "clamp_fp": ClampActFP, "pact": PACTAct, "pact_fp": PACTActFP, "lsq": LSQAct, "none": NoAct}

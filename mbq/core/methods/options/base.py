@@ -5,6 +5,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from ...config import MethodOptions
+from ._multibit import PACT_DEFAULT
 
 
 class FPOptions(MethodOptions):
@@ -16,7 +17,7 @@ class QATOptions(MethodOptions):
 
     # PACT activations (the sat preset): a fixed [0, 1] clamp saturates much of each BN output
     # and cost 1.6 points at W4A4 after 2 epochs on 10k MNIST images (docs/benchmarks.md)
-    train_defaults: ClassVar[dict] = {"quant.act": "pact"}
+    train_defaults: ClassVar[dict] = dict(PACT_DEFAULT)
 
     scheme: dict[str, dict[str, int]] | None = Field(
         None, description="per-layer {layer: {w, a}}; set from a mixed-precision --init checkpoint")

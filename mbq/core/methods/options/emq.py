@@ -46,13 +46,14 @@ class EMQOptions(MultiBitOptions):
         except (TypeError, ValueError):
             f = DEFAULT_FRACTION  # validation names the bad value
         f = min(max(f, 0.1), 1.0)  # below 0.1 the rule would ask for LR > 0.3 and decay > 5e-3
-        return options, {"optim.lr": round(0.1 / f ** 0.5, 4), "optim.weight_decay": 5e-4 / f,
-                         "optim.warmup_fraction": WARMUP_FRACTION}
+        return options, dict(cls.train_defaults, **{"optim.lr": round(0.1 / f ** 0.5, 4),
+                                                    "optim.weight_decay": 5e-4 / f,
+                                                    "optim.warmup_fraction": WARMUP_FRACTION})
 
     wbc: bool = Field(True, description="weight bias correction: match each quantized filter's "
                                         "mean/std to the FP path's, at every width")
     fp_act: Literal["clamp", "identity"] = Field(
-        "clamp", description="FP-path activations with the clamp quantizer: clamp to [0, 1] like "
+        "clamp", description="FP-path activations with the clamp or PACT quantizer: clip to [0, 1] or [0, alpha] like "
                              "every quantized width (one shared BN fits all widths) or pass unchanged")
     wbc_detach: bool = Field(False, description="treat the WBC statistics as constants in backward")
     wbc_per_channel: bool = Field(True, description="WBC statistics per output channel (else per tensor)")

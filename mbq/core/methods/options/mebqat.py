@@ -6,6 +6,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from ._bittasks import BitTaskOptions
+from ._multibit import PACT_DEFAULT
 
 
 class MEBQATOptions(BitTaskOptions):
@@ -14,7 +15,7 @@ class MEBQATOptions(BitTaskOptions):
     # shared flags this method defaults differently (applied unless given explicitly)
     # SGD (the shared default, 0.1 at batch 128), not the paper code's AdamW 1e-3: AdamW leaves
     # clamp-activation models far from converged on short schedules (docs/mebqat.md)
-    train_defaults: ClassVar[dict] = {"bits": [2, 3, 4, 5, 6, 7, 8, 16, 32]}
+    train_defaults: ClassVar[dict] = dict(PACT_DEFAULT, bits=[2, 3, 4, 5, 6, 7, 8, 16, 32])
 
     meta_batch: int = Field(4, ge=1, description="tasks per mini-batch, the guaranteed ones included")
     guarantee_w1a1: bool = Field(False, description="put (1, 1) in every meta-batch (needs 1 in the candidates)")
