@@ -372,3 +372,18 @@ def test_export_help_does_not_import_torch():
             "r = CliRunner().invoke(app, ['export', '--help']); assert r.exit_code == 0, r.output; "
             "assert '--format' in r.output; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_pact_fp_float_input_is_a_clip_to_alpha():
+    """EMQ's FP path under PACT clips to [0, alpha]; export must read it as such a clip."""
+    import torch
+
+    from mbq.core.export.codes import _float_input
+    from mbq.core.quant.quantizers import PACTAct, PACTActFP
+
+    aq = PACTActFP(init_alpha=1.5)
+    codes = _float_input("layer", aq, 32)
+    assert codes is not None and codes.lo * codes.scale == 0.0 and codes.hi * codes.scale == 1.5
+    assert _float_input("layer", PACTAct(), 32) is None  # plain PACT passes float inputs unchanged
+    x = torch.tensor([-1.0, 0.5, 2.0])
+    assert torch.equal(aq(x, 32), torch.tensor([0.0, 0.5, 1.5]))
