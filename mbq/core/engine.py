@@ -119,9 +119,9 @@ class TrainContext:
                            seed=self.cfg.seed + seed_offset, indices=indices, rank=self.rank,
                            world_size=self.world_size, drop_last=drop_last)
 
-    def eval_loader(self, dataset) -> BatchLoader:
+    def eval_loader(self, dataset, indices=None) -> BatchLoader:
         return BatchLoader(dataset, self.cfg.data.eval_batch_size, shuffle=False, augment=False,
-                           device=self.device)
+                           device=self.device, indices=indices)
 
 
 # --- data ----------------------------------------------------------------------------

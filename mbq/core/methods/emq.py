@@ -17,7 +17,6 @@ from ..coreset.bitwise import BitwiseCoreset
 from ..coreset.io import check_matches, read_coreset
 from ..coreset.sampling import mix_seed
 from ..coreset.scores import compute_scores
-from ..data import BatchLoader
 from ..errors import MbqError
 from ..quant import FP_BITS, set_bits
 from ._bn import running_statistics
@@ -131,12 +130,11 @@ class EMQMethod(MultiBitMethod):
         if cs.score == "forgetting":
             scores = cs.tracked_scores()
         else:
-            m = cs.n if self._score_pool(epoch) is None else self._score_pool(epoch).numel()
+            pool = self._score_pool(epoch)
+            m = cs.n if pool is None else pool.numel()
             ctx.report("log", message=f"emq: scoring {m} of {cs.n} images ({cs.score}) at "
                                       f"{_bits_text(self.bits_desc)} bits")
-            pool = self._score_pool(epoch)
-            loader = BatchLoader(ctx.train_set, self.cfg.data.eval_batch_size, shuffle=False,
-                                 device=ctx.device, indices=pool)
+            loader = ctx.eval_loader(ctx.train_set, indices=pool)
             scores = {}
             for b in self.bits_desc:
                 set_bits(model, b, self.cfg.act_bits_for(b))
