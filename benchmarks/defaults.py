@@ -114,7 +114,7 @@ def run_one(cell_name: str, method: str, folder: Path, seed: int) -> dict:
     health = result.get("health", {})
     return {"cell": cell_name, "name": method, "method": METHODS[method].get("method", method), "argv": argv, "config": CELLS[cell_name],
             "optim": cfg.optim.model_dump(include={"optimizer", "lr", "weight_decay", "warmup_epochs",
-                                                   "warmup_fraction"}),
+                                                   "warmup_fraction", "grad_clip"}),
             "train_s": clock.end - clock.start, "total_s": time.perf_counter() - t0,
             "train_loss": clock.losses, "top1": top1, "problems": health.get("problems", [])}
 
@@ -180,6 +180,8 @@ def table(rows: list[dict]) -> str:
         o = r["optim"]
         warm = (f", warm-up {o['warmup_fraction']:g} of run" if o.get("warmup_fraction")
                 else f", warm-up {o['warmup_epochs']:g} ep" if o.get("warmup_epochs") else "")
+        if o.get("grad_clip"):
+            warm += f", clip {o['grad_clip']:g}"
         bits = f" bits {r['config']['bits']}" if METHODS[r.get("name", r["method"])].get("bits") else ""
         widths = " · ".join(f"{k}: {v:.2f}" for k, v in r["top1"].items())
         lines.append(f"| {r['cell']} | {r.get('name', r['method'])} | {_cfg_text(r['config'])}{bits} | "

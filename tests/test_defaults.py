@@ -68,6 +68,28 @@ def test_emq_given_fraction_is_kept_and_sets_its_optimizer_defaults():
     assert cfg.optim.lr == pytest.approx(round(0.1 / 0.2 ** 0.5, 4) * 16 / 128, rel=1e-3)  # child batch 16
 
 
+def test_emq_caps_the_summed_gradient_unless_told_otherwise():
+    from mbq.core.methods.options.emq import GRAD_CLIP
+
+    assert _cfg("--method", "emq", "--bits", "2,4,8").optim.grad_clip == GRAD_CLIP
+    assert _cfg("--method", "emq", "--bits", "2,4,8", "--grad-clip", "2").optim.grad_clip == 2
+    assert _cfg("--method", "emq", "--bits", "2,4,8", "--grad-clip", "0").optim.grad_clip == 0  # off
+    assert _cfg("--method", "anyprec", "--bits", "2,4,8").optim.grad_clip is None
+
+
+def test_grad_clip_zero_means_no_clipping():
+    import torch
+
+    from mbq.core.engine import clip_gradients
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.tensor([30.0, 40.0, 0.0])
+    clip_gradients([p], 0)
+    assert p.grad.norm().item() == pytest.approx(50.0)
+    clip_gradients([p], 5.0)
+    assert p.grad.norm().item() == pytest.approx(5.0)
+
+
 def test_emq_user_warmup_replaces_the_method_default():
     cfg = _cfg("--method", "emq", "--bits", "2,4,8", "--warmup", "1")
     assert (cfg.optim.warmup_epochs, cfg.optim.warmup_fraction) == (1, 0)
@@ -92,6 +114,7 @@ def test_emq_child_batch_and_steps_per_epoch():
     (["--warmup-fraction", "1"], "--warmup-fraction"), (["--warmup-fraction", "-0.1"], "--warmup-fraction"),
     (["--warmup", "1", "--warmup-fraction", "0.1"], "not both"),
     (["--method", "emq", "--coreset-batch", "0"], "--coreset-batch"),
+    (["--grad-clip", "-1"], "--grad-clip"),
 ])
 def test_unworkable_optimizer_settings_are_refused(tmp_path, args, needle):
     res = CliRunner().invoke(app, ["train", "--epochs", "3", "--out", str(tmp_path / "m.safetensors"), *args])

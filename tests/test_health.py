@@ -20,6 +20,16 @@ def test_only_trained_widths_near_chance_are_problems():
     assert check_run({"8": 97.0, "3": 11.0}, ["8"], 10.0, [1.0, 0.5]) == []
 
 
+def test_a_width_far_under_its_training_accuracy_is_a_problem():
+    # msq at 2 epochs used to prune 8 -> 2 bits after the last step: trained at 95%, tested at 29%
+    problems = check_run({"mixed": 28.86}, ["mixed"], 10.0, [1.2, 0.16], train_acc=95.2)
+    assert len(problems) == 1 and "under half the last epoch's training accuracy (95.2%)" in problems[0]
+    assert check_run({"mixed": 50.0}, ["mixed"], 10.0, [1.2, 0.16], train_acc=95.2) == []
+    assert check_run({"mixed": 28.86}, ["mixed"], 10.0, [1.2, 0.16]) == []          # not known
+    assert check_run({"2": 15.0}, ["2"], 10.0, [2.2, 2.1], train_acc=18.0)[0].endswith(
+        "did not learn at this width")                                              # one problem, not two
+
+
 def test_loss_rising_needs_a_sustained_climb_above_the_best_epoch():
     assert loss_rising([2.0, 0.5, 0.7, 0.9])
     assert not loss_rising([2.0, 0.5, 0.52, 0.55])   # a climb, but within noise of the best

@@ -1,5 +1,6 @@
 """MSQ: LSB residual, regularizer gradient, pruning rules, and `mbq train --method msq`."""
 import json
+import math
 
 import pytest
 import torch
@@ -190,3 +191,18 @@ def test_msq_bad_input(tmp_path, capsys, args, msg):
                           "--device", "cpu", "--quiet"] + args, capsys)
     assert code == 2, err
     assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("epochs", range(2, 11))
+def test_msq_deadline_leaves_training_after_it(epochs):
+    cfg = TrainConfig(method="msq", epochs=epochs)
+    d = create_method(cfg).deadline_epoch(epochs)
+    assert 1 <= d < epochs  # the frozen scheme trains for at least one epoch
+    assert d == min(math.ceil(0.6 * epochs), epochs - 1)
+
+
+def test_msq_one_epoch_is_refused(tmp_path, capsys):
+    code, err = run_main(["train", "--method", "msq", "--arch", "cnn", "--train-subset", "128",
+                          "--val-size", "0", "--epochs", "1", "--out", tmp_path / "x.safetensors",
+                          "--device", "cpu", "--quiet"], capsys)
+    assert code == 2 and "--epochs 2 or more" in err and len(err.strip().splitlines()) == 1

@@ -181,7 +181,7 @@ def train(
     schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = "cosine",
     warmup: Annotated[float, typer.Option(help="Linear warm-up epochs (shorter than the run).")] = 0.0,
     warmup_fraction: Annotated[float, typer.Option(help="Linear warm-up as a fraction of the run's steps, in [0, 1).")] = 0.0,
-    grad_clip: Annotated[Optional[float], typer.Option(help="Clip the gradient norm.")] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this (0: no clipping; emq clips at 5 by default).")] = None,
     quantizer: Annotated[Optional[str], typer.Option(help="dorefa (DoReFa weights, clamp acts), sat (DoReFa weights, PACT acts: the default of qat, anyprec, emq and mebqat), lsq, roundclamp.")] = None,
     act_quantizer: Annotated[Optional[str], typer.Option(help="clamp, pact, lsq or none.")] = None,
     first_last_bits: Annotated[Optional[int], typer.Option(help="Bits of the first conv and last linear (32 = float).")] = None,

@@ -109,7 +109,7 @@ class OptimConfig(_Strict):
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75],
                                     description="step schedule: fractions of the run (or epochs if > 1)")
     gamma: float = Field(0.1, gt=0, le=1)
-    grad_clip: float | None = Field(None, gt=0)
+    grad_clip: float | None = Field(None, ge=0, description="cap on the gradient norm (0 or None: no cap)")
 
 
 class MethodOptions(_Strict):

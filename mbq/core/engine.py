@@ -160,6 +160,12 @@ def build_optimizer(params, oc) -> torch.optim.Optimizer:
     return cls(params, lr=oc.lr, weight_decay=oc.weight_decay)
 
 
+def clip_gradients(params, max_norm: float | None) -> None:
+    """Cap the total gradient norm at ``max_norm`` (0 or None: leave the gradients alone)."""
+    if max_norm:
+        nn.utils.clip_grad_norm_(params, max_norm)
+
+
 def build_scheduler(opt, oc, epochs: int, steps_per_epoch: int):
     total = max(1, epochs * steps_per_epoch)
     warm = int(oc.warmup_epochs * steps_per_epoch) or int(oc.warmup_fraction * total)
@@ -318,7 +324,9 @@ def train(cfg: TrainConfig, method: Method, report: Reporter = _null_reporter) -
                 report("log", message=f"{cfg.method}: finished early at epoch {epoch + 1}")
                 break
         final = _final_test(ctx)
-        problems = check_run(final["top1"], method.trained_labels(), method.chance_top1(), losses)
+        train_acc = (metrics or {}).get("train_acc") if method.training_accuracy_transfers() else None
+        problems = check_run(final["top1"], method.trained_labels(), method.chance_top1(), losses,
+                             train_acc)
         final["health"] = {"healthy": not problems, "problems": problems}
         metrics = dict(metrics, test=final)
         if rank == 0:
@@ -344,8 +352,7 @@ def _run_epoch(ctx: TrainContext, epoch: int, steps: int) -> dict:
         if ctx.world_size > 1:
             dist.average_gradients(model)
         method.before_optimizer_step(ctx)
-        if ctx.cfg.optim.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), ctx.cfg.optim.grad_clip)
+        clip_gradients(model.parameters(), ctx.cfg.optim.grad_clip)
         ctx.optimizer.step()
         ctx.scheduler.step()
         ctx.global_step += 1

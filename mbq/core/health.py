@@ -1,5 +1,6 @@
-"""End-of-run health check: a trained width near chance, or a training loss that
-climbs over the last epochs, marks the run as failed (the CLI exits 1 on it).
+"""End-of-run health check: a trained width near chance or far under the last
+epoch's training accuracy, or a training loss that climbs over the last epochs,
+marks the run as failed (the CLI exits 1 on it).
 
 Pure functions over the run's figures, so the engine, the CLI and the
 benchmarks judge a run the same way.
@@ -11,6 +12,7 @@ from typing import Iterable, Sequence
 NEAR_CHANCE_SHARE = 0.1  # "near chance": under a tenth of the way from chance to 100%
 RISE_EPOCHS = 3          # the loss rose over the last this-many epoch means ...
 RISE_FACTOR = 1.25       # ... and ends this far above the run's best epoch
+COLLAPSE_SHARE = 0.5     # a trained width tested under this share of the last epoch's training accuracy
 
 
 def near_chance_floor(chance: float) -> float:
@@ -32,16 +34,27 @@ def loss_rising(losses: Sequence[float]) -> bool:
 
 
 def check_run(top1: dict[str, float], trained: Iterable[str], chance: float,
-              losses: Sequence[float]) -> list[str]:
+              losses: Sequence[float], train_acc: float | None = None) -> list[str]:
     """Problems with a finished run, one sentence each (empty when healthy).
 
     ``top1``: test top-1 per setting label; ``trained``: the labels the run trained
-    (untrained widths are reported, not judged); ``losses``: mean training loss per epoch.
+    (untrained widths are reported, not judged); ``losses``: mean training loss per epoch;
+    ``train_acc``: the last epoch's mean training accuracy (percent), if known. A width
+    that trained well but tests under half of that lost what it learned after the last
+    step or in evaluation (a pruning round with no training after it, BatchNorm
+    statistics that do not fit the width): near chance is not the only way to fail.
     """
     floor = near_chance_floor(chance)
-    problems = [f"width {label} ended at {top1[label]:.2f}% top-1, near chance ({chance:.1f}%): "
-                f"the run did not learn at this width"
-                for label in trained if label in top1 and top1[label] < floor]
+    problems = []
+    for label in [t for t in trained if t in top1]:
+        v = top1[label]
+        if v < floor:
+            problems.append(f"width {label} ended at {v:.2f}% top-1, near chance ({chance:.1f}%): "
+                            "the run did not learn at this width")
+        elif train_acc is not None and train_acc > floor and v < COLLAPSE_SHARE * train_acc:
+            problems.append(f"width {label} ended at {v:.2f}% top-1, under half the last epoch's "
+                            f"training accuracy ({train_acc:.1f}%): the trained model does not hold "
+                            "in evaluation")
     if loss_rising(losses):
         tail = ", ".join(f"{v:.3g}" for v in losses[-RISE_EPOCHS:])
         problems.append(f"training loss rose over the last {RISE_EPOCHS} epochs ({tail}; best "

@@ -46,6 +46,9 @@ class FewShotMethod(Method):
     def chance_top1(self) -> float:
         return 100.0 / self.opts.ways  # episodes are N-way
 
+    def training_accuracy_transfers(self) -> bool:
+        return False  # test episodes draw novel classes: a gap to training is expected
+
     # --- subclass hooks ----------------------------------------------------------------
     @abstractmethod
     def out_features(self) -> int:

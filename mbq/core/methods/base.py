@@ -73,6 +73,11 @@ class Method(ABC):
         """Top-1 (percent) of a model that guesses."""
         return 100.0 / self.cfg.model.num_classes
 
+    def training_accuracy_transfers(self) -> bool:
+        """Whether the test top-1 should be near the training accuracy (the same classes);
+        the health check flags a width testing under half of it."""
+        return True
+
     def supports_bits(self, w: int) -> bool:
         """Whether ``mbq eval --bit w`` is meaningful for this model."""
         return True
