@@ -88,17 +88,17 @@ class MSQMethod(Method):
         if o.target_compression > cmax + _TOL:
             raise MbqError(f"--target-compression {o.target_compression:g} is out of reach: with "
                            f"--min-bits {o.min_bits} this model compresses at most {cmax:.2f}x")
+        now = compression_ratio(ctx.model)
+        if not self._resumed and now < o.target_compression - _TOL and ctx.cfg.epochs < 2:
+            raise MbqError(f"msq needs --epochs 2 or more to reach --target-compression "
+                           f"{o.target_compression:g}: the pruned scheme trains in the epochs after "
+                           "the last pruning round")
         self._hx, self._hy = hessian_batch(ctx.train_set, o.hessian_batches, ctx.cfg.data.batch_size,
                                            ctx.cfg.seed + 7717, ctx.device)
-        now = compression_ratio(ctx.model)
         ctx.report("log", message=f"msq: {len(self._layers)} layers at {o.init_bits} bits, compression "
                                   f"{now:.2f}x, target {o.target_compression:g}x (reachable {cmax:.2f}x)")
         if not self._resumed:
             self.reached = now >= o.target_compression - _TOL
-            if not self.reached and ctx.cfg.epochs < 2:
-                raise MbqError(f"msq needs --epochs 2 or more to reach --target-compression "
-                               f"{o.target_compression:g}: the pruned scheme trains in the epochs after "
-                               "the last pruning round")
             if not self.reached:
                 self._update_k(ctx, 0)
 
@@ -146,8 +146,7 @@ class MSQMethod(Method):
         """The epoch whose end holds the forced round: ceil(deadline * epochs), but never
         the last epoch of a longer run, so the frozen scheme always trains afterwards
         (at 2 epochs the deadline fell on the end of the run: 28.9% top-1 on cnn)."""
-        d = max(1, math.ceil(self.opts.prune_deadline * epochs - _TOL))
-        return min(d, epochs - 1) if epochs >= 2 else d
+        return min(max(1, math.ceil(self.opts.prune_deadline * epochs - _TOL)), max(1, epochs - 1))
 
     def _rates(self) -> dict[str, float]:
         """LSB non-zero rate of each layer at its current k."""
