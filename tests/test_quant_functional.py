@@ -82,6 +82,31 @@ def test_pact_grid_and_alpha_gradient(bits):
     assert torch.all(x.grad[(x > 0.05) & (x < 1.95)] == 1) and torch.all(x.grad[x > 2.1] == 0)
 
 
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_pact_matches_its_autograd_definition(bits):
+    # reference: clip to [0, alpha] by relu/minimum, round with a straight-through estimator
+    torch.manual_seed(bits)
+    x = (torch.randn(4, 3, 5, 5) * 1.5).requires_grad_()
+    alpha = torch.tensor(1.3, requires_grad=True)
+    n = 2 ** bits - 1
+    c = torch.minimum(torch.relu(x), alpha)
+    u = c * n / alpha
+    ref = (u + (u.round() - u).detach()) * alpha / n
+    g = torch.randn_like(ref)
+    gx_ref, ga_ref = torch.autograd.grad(ref, (x, alpha), g)
+    y = F.pact_act(x, alpha, bits)
+    gx, ga = torch.autograd.grad(y, (x, alpha), g)
+    assert torch.allclose(y, ref, atol=1e-6)
+    assert torch.allclose(gx, gx_ref, atol=1e-6)
+    assert torch.allclose(ga, ga_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_clamp_act_gradient_mask():
+    x = torch.tensor([-0.5, 0.0, 0.3, 1.0, 1.7], requires_grad=True)
+    F.clamp_act(x, 4).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("signed", [True, False])
 def test_lsq_grid_and_step_gradient(bits, signed):

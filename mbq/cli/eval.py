@@ -6,6 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from mbq.core.defaults import EVAL_BATCH
+
 from ._common import CkptArg, DeviceOpt, JsonOpt, QuietOpt, SeedOpt
 
 
@@ -22,7 +24,7 @@ def eval_cmd(
     queries: Annotated[Optional[int], typer.Option(help="Few-shot: query images per class (default: as trained).")] = None,
     dataset: Annotated[Optional[str], typer.Option("--data", "--dataset", help="Evaluate on another dataset than the checkpoint's.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset folder (default: the one used in training).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = EVAL_BATCH,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate on the first N test images only.")] = None,
     recalibrate_bn: Annotated[int, typer.Option(help="Re-estimate BN statistics on N training batches first.")] = 0,
     recalibrate_widths: Annotated[str, typer.Option(help="With --recalibrate-bn: 'all' widths, or only those 'extrapolated' beyond the trained range (EMQ: 1 and FP of a 2,4,8 model; the others keep their data-free statistics).")] = "all",

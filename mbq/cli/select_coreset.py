@@ -6,6 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from mbq.core.defaults import EVAL_BATCH
+
 from ._common import CkptArg, DeviceOpt, JsonOpt, QuietOpt, SeedOpt
 
 
@@ -17,7 +19,7 @@ def select_coreset_cmd(
     score: Annotated[str, typer.Option(help="el2n, grand, entropy or random.")] = "el2n",
     sampling: Annotated[str, typer.Option(help="weighted (prop. to score plus its mean), stratified, topk or random.")] = "weighted",
     uniform_mix: Annotated[float, typer.Option(help="weighted: share of the probability spread uniformly (0 = proportional to the score).")] = 0.5,
-    batch_size: Annotated[int, typer.Option(help="Scoring batch size.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Scoring batch size.")] = EVAL_BATCH,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     device: DeviceOpt = "auto",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from .defaults import EVAL_BATCH
 
 VALID_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
 FP_BITS = 32
@@ -66,7 +67,7 @@ class DataConfig(_Strict):
     train_subset: int | None = Field(None, ge=1, description="use only N training images")
     val_size: int = Field(5000, ge=0, description="held-out validation images taken from train")
     batch_size: int = Field(128, ge=1)
-    eval_batch_size: int = Field(256, ge=1)
+    eval_batch_size: int = Field(EVAL_BATCH, ge=1)
     augment: bool = True
 
 

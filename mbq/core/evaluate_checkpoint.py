@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+from .defaults import EVAL_BATCH
 from .errors import MbqError
 
 
@@ -48,7 +49,7 @@ def datasets_for(meta: dict, cfg, dataset: str | None, data_dir: str | None):
 
 def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]] | str | None = None,
                         dataset: str | None = None, data_dir: str | None = None,
-                        batch_size: int = 256, limit: int | None = None, recalibrate_bn: int = 0,
+                        batch_size: int = EVAL_BATCH, limit: int | None = None, recalibrate_bn: int = 0,
                         recalibrate_widths: str = "all", device: str = "auto", seed: int = 0,
                         all_requested: bool = False,
                         episodes: int | None = None, ways: int | None = None,

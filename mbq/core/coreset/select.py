@@ -6,6 +6,7 @@ import datetime as _dt
 from pathlib import Path
 from typing import Callable
 
+from ..defaults import EVAL_BATCH
 from ..errors import MbqError
 
 _STATS = ("mean", "std", "min", "max", "median")
@@ -23,7 +24,7 @@ def _stats(t) -> dict[str, float]:
 
 def select_coreset(checkpoint: str | Path, out: str | Path, *, bits: list[int] | None = None,
                    fraction: float = 0.2, score: str = "el2n", sampling: str = "weighted",
-                   uniform_mix: float | None = None, batch_size: int = 256, device: str = "auto", seed: int = 0,
+                   uniform_mix: float | None = None, batch_size: int = EVAL_BATCH, device: str = "auto", seed: int = 0,
                    start: Callable[[int], None] | None = None,
                    progress: Callable[[int], None] | None = None) -> dict:
     """Score every training sample at every width of ``bits``; write ``out``; return a summary.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..defaults import EVAL_BATCH
 from ..errors import MbqError
 
 
@@ -34,7 +35,7 @@ def load_exported(path: str | Path, fmt: str, device: str = "auto"):
 
 
 def evaluate_exported(path: str | Path, fmt: str, *, dataset: str | None = None,
-                      data_dir: str | None = None, batch_size: int = 256, limit: int | None = None,
+                      data_dir: str | None = None, batch_size: int = EVAL_BATCH, limit: int | None = None,
                       device: str = "auto", seed: int = 0) -> dict:
     import torch
 

@@ -85,13 +85,13 @@ class _ClampQuant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, levels):
         c = x.clamp(0, 1)
-        ctx.save_for_backward(c == x)
+        ctx.save_for_backward(c != x)
         return c.mul_(levels).round_().div_(levels)
 
     @staticmethod
     def backward(ctx, grad):
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None
+        (clamped,) = ctx.saved_tensors
+        return grad.masked_fill(clamped, 0), None
 
 
 def clamp_act(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -114,20 +114,23 @@ class _PACTQuant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, alpha, levels):
         a = alpha.to(x.dtype)
-        u = torch.minimum(x.clamp(min=0), a).mul_(levels / a)  # in [0, levels]
+        u = x.clamp(min=0).clamp_max_(a).mul_(levels / a)  # in [0, levels]
         q = u.round()
-        inside = (x > 0) & (x < a)
-        # d/d(alpha): 1 above the clip, the rounding residual (q - u) / levels inside
-        resid = torch.where(inside, (q - u).div_(levels), (x >= a).to(x.dtype))
-        ctx.save_for_backward(inside, resid)
+        # d/d(alpha): the rounding residual (q - u) / levels inside (0, alpha), which is 0
+        # below it, and 1 above the clip; masks stay bool (a float copy of a mask costs
+        # as much as the quantizer's arithmetic on CPU)
+        above = x >= a
+        resid = torch.sub(q, u).div_(levels).masked_fill_(above, 1.0)
+        outside = above.logical_or_(x <= 0)
+        ctx.save_for_backward(outside, resid)
         ctx.alpha_shape, ctx.alpha_dtype = alpha.shape, alpha.dtype
         return q.mul_(a / levels)
 
     @staticmethod
     def backward(ctx, grad):
-        inside, resid = ctx.saved_tensors
-        ga = (grad * resid).sum().reshape(ctx.alpha_shape).to(ctx.alpha_dtype)
-        return grad * inside, ga, None
+        outside, resid = ctx.saved_tensors
+        ga = grad.reshape(-1).dot(resid.reshape(-1).to(grad.dtype))
+        return grad.masked_fill(outside, 0), ga.reshape(ctx.alpha_shape).to(ctx.alpha_dtype), None
 
 
 def pact_act(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
