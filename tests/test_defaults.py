@@ -40,8 +40,15 @@ def test_episodic_methods_are_not_batch_scaled():
 
 def test_mebqat_defaults_to_sgd():
     cfg = _cfg("--method", "mebqat")
-    assert cfg.optim.optimizer == "sgd" and cfg.optim.lr == pytest.approx(0.1)
+    assert cfg.optim.optimizer == "sgd" and cfg.optim.lr == pytest.approx(0.2)
     assert cfg.bits == [2, 3, 4, 5, 6, 7, 8, 16, 32]
+
+
+@pytest.mark.parametrize("batch", [64, 256, 512])
+def test_mebqat_default_lr_follows_the_square_root_of_the_batch(batch):
+    # linear scaling reached 0.4 at batch 256 and diverged there
+    assert _cfg("--method", "mebqat", "--batch-size", str(batch)).optim.lr == pytest.approx(0.2 * (batch / 128) ** 0.5)
+    assert _cfg("--method", "mebqat", "--batch-size", str(batch), "--lr", "0.05").optim.lr == 0.05
 
 
 # --- EMQ -----------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def _scale_lr(cfg, opts_cls) -> None:
         raise MbqError(format_validation_error(e, as_flags=True)) from None
     batch = opts.step_batch(cfg.data.batch_size)
     if batch is not None:
-        cfg.optim.lr = lr_for_batch(cfg.optim.lr, cfg.optim.optimizer, batch)
+        cfg.optim.lr = lr_for_batch(cfg.optim.lr, cfg.optim.optimizer, batch, rule=opts_cls.lr_batch_rule)
 
 
 def build_config(values: dict, explicit: set[str], file_values: dict, extra_args: list[str]):
@@ -175,7 +175,7 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 128,
     augment: Annotated[bool, typer.Option(help="The dataset's default batch augmentation.")] = True,
     optimizer: Annotated[str, typer.Option(help="sgd, adamw or adam.")] = "sgd",
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate [default: the method's, at batch 128, scaled to --batch-size: linearly for SGD, by the square root for Adam].", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the method's, stated at batch 128 and scaled to --batch-size: linearly for SGD, by the square root for Adam and for mebqat).", show_default=False)] = None,
     weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 5e-4,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
     schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = "cosine",

@@ -118,6 +118,8 @@ class MethodOptions(_Strict):
 
     # shared flags this method defaults differently, e.g. {"optim.lr": 0.2} (at REF_BATCH)
     train_defaults: ClassVar[dict] = {}
+    # how the default LR follows the batch: None by optimizer, or "linear" / "sqrt"
+    lr_batch_rule: ClassVar[str | None] = None
 
     @classmethod
     def run_defaults(cls, options: dict, epochs: int) -> tuple[dict, dict]:

@@ -2,7 +2,7 @@
 
 A method states its learning rate at :data:`REF_BATCH` images per gradient;
 ``mbq train`` scales it to the run's batch (linearly for SGD, by the square
-root for Adam/AdamW) unless ``--lr`` is given.
+root for Adam/AdamW, or by the method's own rule) unless ``--lr`` is given.
 """
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ ADAM_LR = 1e-3  # Adam/AdamW with no LR of the method's
 EVAL_BATCH = 128
 
 
-def lr_for_batch(lr: float, optimizer: str, batch: int, ref: int = REF_BATCH) -> float:
+def lr_for_batch(lr: float, optimizer: str, batch: int, ref: int = REF_BATCH,
+                 rule: str | None = None) -> float:
+    """``rule``: "linear" or "sqrt"; None picks by optimizer (linear for SGD, sqrt for Adam)."""
     r = batch / ref
-    return lr * (r if optimizer == "sgd" else r ** 0.5)
+    rule = rule or ("linear" if optimizer == "sgd" else "sqrt")
+    return lr * (r if rule == "linear" else r ** 0.5)
