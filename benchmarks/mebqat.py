@@ -145,7 +145,8 @@ def multiwidth(p: dict, out: Path, seed: int) -> dict:
             "mebqat_minus_dedicated_at_own_width": gaps, "away_from_own_width": away,
             "train": train_info, "arch": p["arch"], "width": p["width"], "epochs": p["epochs"],
             "train_subset": p["train_subset"], "test_limit": p["test_limit_mw"], "batch": p["batch"],
-            "optim_name": p["optim"], "optim": optim}
+            "optim_name": p["optim"], "optim": optim,
+            "lr": {name: cfg.optim.lr for name, cfg in runs.items()}}
 
 
 # --- 2. backward passes and step time vs anyprec -----------------------------------------------------
@@ -244,18 +245,23 @@ def render(doc: dict) -> None:
     mw = doc["multiwidth"]
     arch = mw.get("arch", "cnn") + (f" width {mw['width']}" if mw.get("arch") == "resnet20" else "")
     o = mw.get("optim") or {"optimizer": "adamw", "lr": 1e-3}
-    o_txt = f"{o['optimizer']} lr {o['lr']:g}" + (f" momentum {o['momentum']:g}" if o["optimizer"] == "sgd" else "")
+    lrs = mw.get("lr")  # per model: each method's own default step size
+    o_txt = (f"{o['optimizer']} lr {o['lr']:g}" if not lrs else f"{o['optimizer']} at each model's lr") + (
+        f" momentum {o['momentum']:g}" if o["optimizer"] == "sgd" else "")
     t = Table(title=f"MNIST test top-1 % at W=A ({arch}, {mw.get('train_subset', 10000)} train images, "
                     f"{mw.get('epochs', 3)} epochs, {o_txt}, {o.get('schedule', 'cosine')}; "
                     f"{mw.get('test_limit') or 10000} test images; "
                     "BN statistics re-estimated per width unless marked)")
     t.add_column("model")
+    if lrs:
+        t.add_column("lr", justify="right")
     for b in WIDTHS:
         t.add_column(_label(b), justify="right")
+    lr_cell = (lambda n: [f"{lrs[n]:g}"]) if lrs else (lambda n: [])
     for name, row in mw["top1"].items():
-        t.add_row(name, *[f"{row[_label(b)]:.2f}" for b in WIDTHS])
+        t.add_row(name, *lr_cell(name), *[f"{row[_label(b)]:.2f}" for b in WIDTHS])
     for name, row in mw.get("top1_dedicated_no_calibration", {}).items():
-        t.add_row(f"{name} (no calibration)", *[f"{row[_label(b)]:.2f}" for b in WIDTHS])
+        t.add_row(f"{name} (no calibration)", *lr_cell(name), *[f"{row[_label(b)]:.2f}" for b in WIDTHS])
     con.print(t)
     con.print("mebqat - dedicated at the dedicated width: " + ", ".join(
         f"{k}: {v:+.2f}" for k, v in mw["mebqat_minus_dedicated_at_own_width"].items()))

@@ -3,6 +3,7 @@ clamping, the detached teacher, BN modes, and the train/eval CLI round trip."""
 import contextlib
 import json
 import random
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -68,12 +69,17 @@ def test_sampled_meta_batches_hold_the_guaranteed_tasks_first():
         sample_tasks(pairs, 1, [(32, 32), (1, 1)], rng)
 
 
-def test_method_always_draws_fp_and_w1a1_when_asked():
-    m = _method(bits="1,2,4,8,16,32", guarantee_w1a1=True, meta_batch=3)
+def test_method_always_draws_fp_and_w1a1_when_1_is_a_candidate():
+    m = _method(bits="1,2,4,8,16,32", meta_batch=3)  # the default guarantees (1, 1)
     assert len(m.pairs) == len(valid_pairs([1, 2, 4, 8, 16, 32]))
     for _ in range(50):
         tasks = m.sample()
         assert tasks[:2] == [(32, 32), (1, 1)] and len(tasks) == 3
+    off = _method(bits="1,2,4,8,16,32", guarantee_w1a1=False, meta_batch=3)
+    assert off.guaranteed == [(32, 32)]
+    assert sum((1, 1) in off.sample() for _ in range(50)) < 50
+    assert _method(bits="2,4,8").guaranteed == [(32, 32)]  # no 1 among the candidates: nothing to add
+    assert _method(bits="2,4,8", guarantee_w1a1=True).guaranteed == [(32, 32)]
 
 
 # --- gradients ------------------------------------------------------------------------------
@@ -245,7 +251,7 @@ def test_eval_bad_pairs_exit_2(mebqat_ckpt, capsys, args, msg):
     (["--bits", ""], "comma-separated list"),
     (["--act-bits-candidates", "9"], "not supported"),
     (["--bits", "1,2,4", "--guarantee-w1a1", "--meta-batch", "1"], "smaller than the 2 guaranteed"),
-    (["--bits", "2,4", "--guarantee-w1a1"], "needs 1 among"),
+    (["--bits", "1,2,4", "--meta-batch", "1"], "--no-guarantee-w1a1"),
     (["--bits", "1,2", "--quantizer", "lsq"], "no 1-bit form"),
     (["--act-bits", "4"], "--act-bits-candidates"),
 ])
@@ -285,3 +291,16 @@ def test_benchmark_multiwidth_trains_every_model_alike_with_sgd_by_default(tmp_p
                 assert cfg.optim.lr == pytest.approx(qat_lr)
             assert cfg.optim.model_copy(update={"lr": 0}) == first.optim.model_copy(update={"lr": 0})
             assert cfg.epochs == first.epochs and cfg.data == first.data and cfg.model == first.model
+
+
+def test_benchmark_table_shows_each_models_own_lr(capsys):
+    bench = _benchmark_module()
+    doc = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "mebqat.json").read_text())
+    doc["multiwidth"]["lr"] = {name: (0.2 if name == "mebqat" else 0.1) for name in doc["multiwidth"]["top1"]}
+    bench.render(doc)
+    out = capsys.readouterr().out
+    assert "at each model's lr" in out and "lr 0.2 " not in out
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines()
+            if line.startswith(("│ mebqat ", "│ qat-4 "))}
+    rows = {k: v for k, v in rows.items() if "(" not in k}
+    assert rows == {"mebqat": "0.2", "qat-4": "0.1"}

@@ -1,8 +1,8 @@
 """MEBQAT (Youn et al., ECCV 2022): bit-width-adaptive QAT as meta-learning.
 
 A task is a (weight bits, activation bits) pair. Each step runs
-``--meta-batch`` tasks on the same mini-batch — (FP, FP) first, optionally
-(1, 1), the rest drawn uniformly from the valid pairs — with
+``--meta-batch`` tasks on the same mini-batch — (FP, FP) first, (1, 1) when 1
+is a candidate (``--no-guarantee-w1a1`` turns that off), the rest drawn uniformly from the valid pairs — with
 self-distillation from the FP pass, averages the task gradients per
 parameter over the tasks that reached it, clamps them element-wise and takes
 one AdamW step (MAML with zero inner steps). BN and quantizer parameters are
@@ -42,13 +42,11 @@ class MEBQATMethod(Method):
         super().__init__(cfg, opts)
         self.w_cands, self.a_cands, self.pairs = candidate_pairs(cfg, opts, "mebqat")
         self.guaranteed = [FP_PAIR]
-        if opts.guarantee_w1a1:
-            if (1, 1) not in self.pairs:
-                raise MbqError("--guarantee-w1a1 needs 1 among --bits and the activation candidates")
+        if opts.guarantee_w1a1 and (1, 1) in self.pairs:
             self.guaranteed.append((1, 1))
         if opts.meta_batch < len(self.guaranteed):
             raise MbqError(f"--meta-batch {opts.meta_batch} is smaller than the {len(self.guaranteed)} "
-                           "guaranteed tasks ((FP, FP) and (1, 1)); raise it")
+                           "guaranteed tasks ((FP, FP) and (1, 1)); raise it or pass --no-guarantee-w1a1")
         self._rng = random.Random(f"mebqat:{cfg.seed}")
 
     # --- model and settings -----------------------------------------------------------
