@@ -179,6 +179,20 @@ def test_benchmark_targets_fire_on_a_gap():
     assert any(ln.startswith("MISS") and "emq 2..8 bits >= 97%" in ln for ln in lines)
 
 
+def test_benchmark_97_target_judges_only_widths_a_run_trains():
+    bench = _bench()
+    cell = dict(bench.CELLS["c2e-2w"])  # bits 1,32: none of 2..8 is trained
+    rows = [{"method": "anyprec", "config": cell, "top1": {"fp": 97.8, "1": 86.7}, "train_s": 90},
+            {"method": "emq", "config": cell, "train_s": 90,
+             "top1": {"fp": 97.7, "1": 87.7, "2": 75.2, "3": 74.8, "4": 97.6, "8": 97.7}}]
+    lines = [ln for ln in bench.check_cell(rows) if "2..8 bits" in ln]
+    assert len(lines) == 2 and all("trains none of 2..8" in ln for ln in lines)
+    cell = dict(bench.CELLS["c2e-5w"])  # bits 1,2,4,8,32: emq's 3 lies between trained widths
+    rows[1] = dict(rows[1], config=cell, top1={"fp": 97.7, "1": 93.6, "2": 97.2, "3": 96.0, "4": 97.7, "8": 97.7})
+    lines = [ln for ln in bench.check_cell(rows[1:]) if "2..8 bits" in ln]
+    assert lines[0].startswith("MISS") and "'3': 96.0" in lines[0]
+
+
 # --- the default path, trained for real ------------------------------------------------------
 
 DEFAULT_PATH = {  # method -> flags of its own; every optimizer setting is the method's default

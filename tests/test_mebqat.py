@@ -82,6 +82,15 @@ def test_method_always_draws_fp_and_w1a1_when_1_is_a_candidate():
     assert _method(bits="2,4,8", guarantee_w1a1=True).guaranteed == [(32, 32)]
 
 
+def test_meta_batch_never_repeats_a_pair_in_one_step():
+    m = _method(bits="1,32")  # (1, 1), (1, 32), (32, 32): three tasks, not four with a repeat
+    assert m.meta_batch == 3
+    for _ in range(20):
+        tasks = m.sample()
+        assert sorted(tasks) == [(1, 1), (1, 32), (32, 32)] and tasks[:2] == [(32, 32), (1, 1)]
+    assert _method(bits="2,4,8").meta_batch == 4
+
+
 # --- gradients ------------------------------------------------------------------------------
 
 def _per_task_grads(model, tasks, x, y):

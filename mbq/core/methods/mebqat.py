@@ -47,6 +47,9 @@ class MEBQATMethod(Method):
         if opts.meta_batch < len(self.guaranteed):
             raise MbqError(f"--meta-batch {opts.meta_batch} is smaller than the {len(self.guaranteed)} "
                            "guaranteed tasks ((FP, FP) and (1, 1)); raise it or pass --no-guarantee-w1a1")
+        # never a task twice in one step: a repeat only doubles one pair's weight in the mean
+        # (--bits 1,32 has 3 pairs; 4 tasks put (1, 32) in twice and 1 bit ended 3.8 below anyprec)
+        self.meta_batch = min(opts.meta_batch, len(self.pairs))
         self._rng = random.Random(f"mebqat:{cfg.seed}")
 
     # --- model and settings -----------------------------------------------------------
@@ -93,6 +96,9 @@ class MEBQATMethod(Method):
 
         x = next(iter(ctx.loader(shuffle=True, augment=False, seed_offset=104729))).x
         warm_up_quantizers(ctx.model, self.pairs, x)
+        if self.meta_batch < self.opts.meta_batch:
+            ctx.report("log", message=f"mebqat: {self.meta_batch} tasks per step, one per valid pair "
+                                      f"(--meta-batch {self.opts.meta_batch} would repeat a pair)")
         broadcast_model(ctx.model)
 
     def epoch_batches(self, ctx, epoch: int):
@@ -101,7 +107,7 @@ class MEBQATMethod(Method):
         return ctx.train_loader
 
     def sample(self) -> list[tuple[int, int]]:
-        return sample_tasks(self.pairs, self.opts.meta_batch, self.guaranteed, self._rng)
+        return sample_tasks(self.pairs, self.meta_batch, self.guaranteed, self._rng)
 
     def train_step(self, ctx, batch) -> dict[str, float]:
         model = ctx.model

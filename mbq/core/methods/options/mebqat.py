@@ -21,7 +21,7 @@ class MEBQATOptions(BitTaskOptions):
     # by the square root: linear scaling gave 0.4 at batch 256, which diverged (17.5%); 0.28 did not
     lr_batch_rule: ClassVar[str | None] = "sqrt"
 
-    meta_batch: int = Field(4, ge=1, description="tasks per mini-batch, the guaranteed ones included")
+    meta_batch: int = Field(4, ge=1, description="tasks per mini-batch, the guaranteed ones included; at most one per valid pair")
     # on by default, as in the paper's ResNet-20 code: drawn, (1, 1) was in a fifth of the
     # steps with --bits 1,2,4,8,32 and 1 bit ended 8.16 below anyprec; guaranteed, 0.19 below
     guarantee_w1a1: bool = Field(True, description="put (1, 1) in every meta-batch when 1 is a candidate")
