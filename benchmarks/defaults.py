@@ -9,6 +9,7 @@ that ``mbq train`` prints, at the widths each method evaluates by default (EMQ:
 
     python benchmarks/defaults.py --quick        # a few cells, ~25 min on 2 cores
     python benchmarks/defaults.py --plan ratio   # EMQ's cost ratio at f=0.2, 4 and 10 epochs (~40 min)
+    python benchmarks/defaults.py --plan fewshot # the episodic methods on the fs- cells (~30 min)
     python benchmarks/defaults.py                # the grid (hours on 2 cores)
     python benchmarks/defaults.py --cells c2e-r20 --methods emq,anyprec
 
@@ -45,6 +46,16 @@ CELLS: dict[str, dict] = {
     "c2e-full": {"arch": "resnet20", "width": 1, "subset": None, "epochs": 2, "batch": 128, "bits": "2,4,8"},
     "c2e-5w": {"arch": "resnet20", "width": 1, "subset": 10000, "epochs": 2, "batch": 128, "bits": "1,2,4,8,32"},
     "c2e-2w": {"arch": "resnet20", "width": 1, "subset": 10000, "epochs": 2, "batch": 128, "bits": "1,32"},
+    # episodic methods at their own episode settings (4-way 1-shot, 100 episodes per epoch,
+    # meta-train digits 0-5, meta-test 6-9): no batch or subset, only model, schedule and bits
+    "fs-cnn": {"arch": "cnn", "width": None, "subset": None, "epochs": 2, "batch": None, "bits": "2,4,8",
+               "episodic": True},
+    "fs-cnn10e": {"arch": "cnn", "width": None, "subset": None, "epochs": 10, "batch": None, "bits": "2,4,8",
+                  "episodic": True},
+    "fs-r20h": {"arch": "resnet20", "width": 0.5, "subset": None, "epochs": 2, "batch": None, "bits": "2,4,8",
+                "episodic": True},
+    "fs-5w": {"arch": "cnn", "width": None, "subset": None, "epochs": 2, "batch": None, "bits": "1,2,4,8,32",
+              "episodic": True},
 }
 # method -> flags of its own (beyond the cell's); "bits" marks the methods that take the cell's list
 METHODS: dict[str, dict] = {
@@ -60,11 +71,30 @@ METHODS: dict[str, dict] = {
     "mebqat": {"flags": [], "bits": True},
     "msq": {"flags": ["--target-compression", "16"]},
     "bsq": {"flags": []},
+    # episodic: the dedicated baselines (FP and W4A4) and the MEBQAT few-shot variants
+    "protonet": {"flags": [], "episodic": True},
+    "fomaml": {"flags": [], "episodic": True},
+    "qat-pn": {"flags": ["--bits", "4"], "episodic": True},
+    "qat-fomaml": {"flags": ["--bits", "4"], "episodic": True},
+    "mebqat-pn": {"flags": [], "bits": True, "episodic": True},
+    "mebqat-maml": {"flags": [], "bits": True, "episodic": True},
 }
+# each MEBQAT few-shot variant against the dedicated models of its episodic algorithm
+FEWSHOT_REFS = {"mebqat-pn": {"fp": "protonet", "4": "qat-pn"},
+                "mebqat-maml": {"fp": "fomaml", "4": "qat-fomaml"}}
 PLANS = {  # named subsets of the grid; --quick is "quick"
     "quick": {"c2e-r20": ["fp", "qat", "anyprec", "emq", "mebqat"], "c4e-r20": ["anyprec", "emq", "emq-f0.2"]},
     "ratio": {"c4e-r20": ["anyprec", "emq-f0.2"], "c10e-r20": ["anyprec", "emq-f0.2"]},
+    "fewshot": {"fs-cnn": ["protonet", "fomaml", "qat-pn", "qat-fomaml", "mebqat-pn", "mebqat-maml"],
+                "fs-5w": ["mebqat-pn", "mebqat-maml"],
+                "fs-cnn10e": ["protonet", "fomaml", "qat-pn", "qat-fomaml", "mebqat-pn", "mebqat-maml"],
+                "fs-r20h": ["protonet", "fomaml", "qat-pn", "qat-fomaml", "mebqat-pn", "mebqat-maml"]},
 }
+
+
+def fits(cell: str, method: str) -> bool:
+    """Episodic methods run on the episodic cells only, and the others on the rest."""
+    return bool(CELLS[cell].get("episodic")) == bool(METHODS[method].get("episodic"))
 
 
 def _log(msg: str) -> None:
@@ -74,9 +104,10 @@ def _log(msg: str) -> None:
 def argv_for(cell: dict, method: str, out: Path, seed: int = 0) -> list[str]:
     """The ``mbq train`` arguments of one run (no optimizer flag: the defaults are the product)."""
     spec = METHODS[method]
-    argv = ["--method", spec.get("method", method), "--arch", cell["arch"], "--epochs", str(cell["epochs"]),
-            "--batch-size", str(cell["batch"]), "--val-size", "0", "--seed", str(seed),
-            "--device", "cpu", "--out", str(out)]
+    argv = ["--method", spec.get("method", method), "--arch", cell["arch"], "--epochs", str(cell["epochs"])]
+    if cell.get("batch"):
+        argv += ["--batch-size", str(cell["batch"])]
+    argv += ["--val-size", "0", "--seed", str(seed), "--device", "cpu", "--out", str(out)]
     if cell.get("width") is not None:
         argv += ["--width", str(cell["width"])]
     if cell.get("subset"):
@@ -158,10 +189,16 @@ def check_cell(rows: list[dict]) -> list[str]:
             goal = {4: 3.0, 10: 4.5}.get(by[name]["config"]["epochs"]) if name.startswith("emq-f0.2") else None
             verdict = "     " if goal is None else ("ok   " if ratio >= goal else "MISS ")
             out.append(f"{verdict}anyprec/{name} training time {ratio:.2f}x" + (f" (>= {goal})" if goal else ""))
+    for m, refs in FEWSHOT_REFS.items():
+        for lab, ref in refs.items():
+            if m in by and ref in by and lab in by[m]["top1"]:
+                ref_top1 = next(iter(by[ref]["top1"].values()))  # a dedicated model has one setting
+                gap = ref_top1 - by[m]["top1"][lab]
+                out.append(f"{'ok  ' if gap <= 1.0 else 'MISS'} {m} width {lab}: {gap:+.2f} below {ref} (<= 1.0)")
     if "msq" in by and "fp" in by:
         gap = by["fp"]["top1"]["fp"] - by["msq"]["top1"].get("mixed", 0.0)
         out.append(f"{'ok  ' if gap <= 1.5 else 'MISS'} msq x16 {gap:+.2f} below fp (<= 1.5)")
-    if rows and rows[0]["config"]["epochs"] == 2 and rows[0]["config"]["subset"] == 10000:
+    if rows and rows[0]["config"]["epochs"] == 2 and rows[0]["config"].get("subset") == 10000:
         for m in [n for n in by if by[n]["method"] in ("qat", "anyprec", "emq", "mebqat")]:
             # the widths the run trained, and for emq the ones it serves between two trained widths;
             # a list like 1,32 trains none of 2..8, and EMQ's 2 bits then lie below its range
@@ -182,6 +219,8 @@ def check_cell(rows: list[dict]) -> list[str]:
 
 def _cfg_text(c: dict) -> str:
     arch = c["arch"] + (f" w{c['width']:g}" if c.get("width") not in (None, 1) else "")
+    if c.get("episodic"):
+        return f"{arch}, 4-way 1-shot, {c['epochs']} ep of 100 episodes"
     return f"{arch}, {c['subset'] or 'all'} imgs, {c['epochs']} ep, batch {c['batch']}"
 
 
@@ -248,19 +287,22 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     plan_name = "quick" if a.quick else a.plan
-    plan = dict(PLANS[plan_name]) if plan_name else {c: list(METHODS) for c in CELLS}
+    plan = dict(PLANS[plan_name]) if plan_name else {c: [m for m in METHODS if fits(c, m)] for c in CELLS}
     if a.cells:
         names = a.cells.split(",")
         unknown = [c for c in names if c not in CELLS]
         if unknown:
             ap.error(f"unknown cell(s) {unknown}; cells: {', '.join(CELLS)}")
-        plan = {c: plan.get(c, list(METHODS)) for c in names}
+        plan = {c: plan.get(c, [m for m in METHODS if fits(c, m)]) for c in names}
     if a.methods:
         want = a.methods.split(",")
         unknown = [m for m in want if m not in METHODS]
         if unknown:
             ap.error(f"unknown method(s) {unknown}; methods: {', '.join(METHODS)}")
-        plan = {c: want for c in plan}
+        plan = {c: [m for m in want if fits(c, m)] for c in plan}
+        plan = {c: ms for c, ms in plan.items() if ms}
+        if not plan:
+            ap.error("no cell of the selection runs those methods (episodic methods run on the fs- cells only)")
     if a.list:
         for c, ms in plan.items():
             for m in ms:

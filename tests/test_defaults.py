@@ -158,11 +158,34 @@ def _bench():
 
 def test_benchmark_runs_are_mbq_train_argv_without_optimizer_flags(tmp_path):
     bench = _bench()
-    for cell in bench.CELLS.values():
-        for m in bench.METHODS:
+    for name, cell in bench.CELLS.items():
+        for m in [m for m in bench.METHODS if bench.fits(name, m)]:
             argv = bench.argv_for(cell, m, tmp_path / "x.safetensors")
             assert not {"--lr", "--optimizer", "--weight-decay", "--warmup", "--warmup-fraction"} & set(argv)
             resolve_config(argv)  # every run is a valid mbq train command
+
+
+def test_benchmark_runs_episodic_methods_on_episodic_cells_only():
+    bench = _bench()
+    assert bench.fits("fs-cnn", "mebqat-pn") and not bench.fits("fs-cnn", "anyprec")
+    assert bench.fits("c2e-r20", "emq") and not bench.fits("c2e-r20", "protonet")
+    for plan in bench.PLANS.values():
+        assert all(bench.fits(c, m) for c, ms in plan.items() for m in ms)
+    argv = bench.argv_for(bench.CELLS["fs-cnn"], "mebqat-maml", "x.safetensors")
+    assert "--batch-size" not in argv and "--train-subset" not in argv and argv[argv.index("--bits") + 1] == "2,4,8"
+
+
+def test_benchmark_fewshot_variants_are_judged_against_their_dedicated_models():
+    bench = _bench()
+    cell = dict(bench.CELLS["fs-cnn"])
+    rows = [{"method": "protonet", "config": cell, "top1": {"fp": 58.0}, "train_s": 4},
+            {"method": "qat-pn", "config": cell, "top1": {"4": 51.0}, "train_s": 5},
+            {"method": "mebqat-pn", "config": cell, "top1": {"fp": 55.0, "2": 50.0, "4": 51.5, "8": 52.0},
+             "train_s": 14}]
+    lines = bench.check_cell(rows)
+    assert any(ln.startswith("MISS") and "mebqat-pn width fp" in ln and "protonet" in ln for ln in lines)
+    assert any(ln.startswith("ok") and "mebqat-pn width 4" in ln and "qat-pn" in ln for ln in lines)
+    assert not any("97%" in ln for ln in lines)
 
 
 def test_benchmark_targets_fire_on_a_gap():
