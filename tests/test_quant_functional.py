@@ -193,3 +193,29 @@ def test_wbc_matches_reference_stats():
         gain, off = F.wbc_affine(F.dorefa_weight(w, bits, "tanh"), ref)
         direct = gain.view(-1, 1, 1, 1) * F.dorefa_weight(w, bits, "tanh") + off.view(-1, 1, 1, 1)
         assert torch.allclose(direct, q, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_pact_without_grad_matches_the_training_path(bits):
+    x = torch.linspace(-1, 4, 1001)
+    alpha = torch.nn.Parameter(torch.tensor(2.3))
+    trained = F.pact_act(x.clone().requires_grad_(), alpha, bits).detach()
+    with torch.no_grad():
+        assert torch.equal(F.pact_act(x, alpha, bits), trained)
+
+
+@pytest.mark.parametrize("shape", [(16, 8, 3, 3), (10, 64)])
+@pytest.mark.parametrize("bits", [1, 2, 3, 8])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_fused_dorefa_wbc_matches_the_composition(shape, bits, per_channel):
+    # the fused pass EMQ trains with against WBC applied to DoReFa by autograd
+    torch.manual_seed(bits)
+    w = (torch.randn(shape) * 0.1).requires_grad_()
+    g = torch.randn(shape)
+    ref = F.weight_bias_correction(*F.dorefa_weight_and_reference(w, bits), per_channel)
+    (g_ref,) = torch.autograd.grad(ref, w, g)
+    out = F.dorefa_wbc_weight(w, bits, per_channel)
+    (g_out,) = torch.autograd.grad(out, w, g)
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert torch.allclose(g_out, g_ref, atol=1e-6 * float(g_ref.abs().max()))
+    assert not torch.allclose(g_out, torch.zeros_like(g_out))

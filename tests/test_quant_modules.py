@@ -222,3 +222,23 @@ def test_inference_layout_is_channels_last_inside_and_restores_the_model():
     assert all(p.is_contiguous() for p in model.parameters())
     res = evaluate(model, [Batch(x, ref.argmax(1), torch.arange(8))])
     assert res["top1"] == 100.0
+
+
+def test_emq_layer_trains_through_the_fused_wbc_pass():
+    # a WBC layer on the tanh FP path takes the fused pass; its output and weight gradient
+    # are those of the composed definition (the wbc_detach path)
+    from mbq.core.quant import QConv2d
+    from mbq.core.quant import functional as F
+
+    torch.manual_seed(0)
+    conv = QConv2d(4, 6, 3, padding=1, qkwargs=dict(weight_quant="dorefa", act_quant="pact", w_bits=3,
+                                                    a_bits=3, fp_path="tanh", wbc=True))
+    x = torch.randn(2, 4, 5, 5).abs()
+    conv(x).square().sum().backward()
+    fused = conv.weight.grad.clone()
+    conv.weight.grad = None
+    composed = F.weight_bias_correction(*F.dorefa_weight_and_reference(conv.weight, 3))
+    assert torch.allclose(conv.quantized_weight(), composed, atol=1e-6)
+    y = conv._conv_forward(conv.quantized_input(x), composed, conv.bias)
+    y.square().sum().backward()
+    assert torch.allclose(fused, conv.weight.grad, rtol=1e-4, atol=1e-6)

@@ -140,7 +140,12 @@ def pact_act(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
     """
     if is_fp(bits):
         return x
-    return _PACTQuant.apply(x, alpha, _levels(bits))
+    levels = _levels(bits)
+    if not (torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad)):
+        # eval/scoring: the same values without the masks and residual kept for backward
+        a = alpha.to(x.dtype)
+        return torch.minimum(x.clamp(min=0), a).mul_(levels / a).round_().mul_(a / levels)
+    return _PACTQuant.apply(x, alpha, levels)
 
 
 # --- LSQ ---------------------------------------------------------------------
@@ -249,6 +254,62 @@ def wbc_affine(w_q: torch.Tensor, w_ref: torch.Tensor, per_channel: bool = True,
     if not per_channel:
         gain, offset = gain.expand(shape[0]), offset.expand(shape[0])
     return gain, offset
+
+
+class _DoReFaWBC(torch.autograd.Function):
+    """``weight_bias_correction(*dorefa_weight_and_reference(w, bits))`` in one pass.
+
+    EMQ runs this for every layer at every width of every step, and autograd through the
+    composition (tanh, rounding, layer_norm, std_mean) runs about twice as many kernels
+    as the closed form below; on small batches kernel count is what a step costs. Same
+    maths: straight-through rounding (and sign at 1 bit), ``e = mean|w|`` and
+    ``m = max|tanh w|`` constants, the reference's mean/std carrying gradient
+    (``wbc_detach`` uses the composition). Normalising the integer codes k is
+    normalising q = e(2k/n - 1): the affine map cancels.
+    """
+
+    @staticmethod
+    def forward(ctx, w, bits, per_channel, eps):
+        rows = w.shape[0] if per_channel else 1
+        a = w.abs()
+        e = a.mean()
+        m = a.max().tanh()  # max|tanh w| = tanh max|w|
+        t = torch.tanh(w)
+        if bits == 1:
+            k, dk = (w >= 0).to(w.dtype), 0.5  # q = e(2k - 1)
+        else:
+            n = _levels(bits)
+            k, dk = t.mul(n / (2 * m)).add_(n / 2).round_(), n / (2 * m)
+        t2 = t.reshape(rows, -1)
+        sd_t, mu_t = torch.std_mean(t2, 1, correction=0, keepdim=True)
+        sd_r, mu_r = sd_t * (e / m), mu_t * (e / m)  # the reference is t * e / m
+        khat, _, rstd = torch.native_layer_norm(k.reshape(rows, -1), t2.shape[1:], None, None, eps * eps)
+        ctx.save_for_backward(t2, khat, sd_t, mu_t, sd_r * rstd.reshape(rows, 1) * dk, e / m)
+        ctx.shape, ctx.needs_tanh = w.shape, bits != 1
+        return torch.addcmul(mu_r, khat, sd_r).reshape(w.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        t, khat, sd_t, mu_t, gain, em = ctx.saved_tensors
+        g = grad.reshape(khat.shape)
+        k = khat.shape[1]
+        g_mu = g.sum(1, keepdim=True).div_(k)           # dL/d(mean of the reference) / K
+        g_sd = (g * khat).sum(1, keepdim=True).div_(k)  # dL/d(std of the reference) / K
+        dtanh = torch.mul(t, t).neg_().add_(1)
+        # through the normalised codes (layer_norm's backward) ...
+        g_w = (g - g_mu).sub_(khat * g_sd).mul_(gain)
+        # ... which reach w through tanh except at 1 bit (sign: straight through)
+        if ctx.needs_tanh:
+            g_w.mul_(dtanh)
+        # through the reference's mean and std: d(ref)/dw = (e / m)(1 - tanh^2)
+        rhat = (t - mu_t).div_(sd_t.clamp_min(torch.finfo(t.dtype).tiny))
+        g_w.add_(rhat.mul_(g_sd).add_(g_mu).mul_(dtanh).mul_(em))
+        return g_w.reshape(ctx.shape), None, None, None
+
+
+def dorefa_wbc_weight(w: torch.Tensor, bits: int, per_channel: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """DoReFa weights at ``bits`` (tanh FP path), bias-corrected to that path (EMQ)."""
+    return _DoReFaWBC.apply(w, bits, per_channel, eps)
 
 
 # --- bit packing ------------------------------------------------------------------

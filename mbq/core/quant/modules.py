@@ -53,6 +53,10 @@ class _QuantLayer:
         bits = self._wb if bits is None else bits
         if not self.wbc or F.is_fp(bits):
             return self.weight_quant(self.weight, bits)
+        fused = getattr(self.weight_quant, "corrected", None)
+        w_c = fused(self.weight, bits, self.wbc_per_channel) if fused and not self.wbc_detach else None
+        if w_c is not None:
+            return w_c
         both = getattr(self.weight_quant, "with_reference", None)  # one pass where it can
         w_q, w_ref = both(self.weight, bits) if both else (self.weight_quant(self.weight, bits),
                                                            self.reference_weight())

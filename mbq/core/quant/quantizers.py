@@ -32,6 +32,13 @@ class DoReFaWeight(nn.Module):
             return self(w, bits), self(w, F.FP_BITS)
         return F.dorefa_weight_and_reference(w, bits)
 
+    def corrected(self, w: torch.Tensor, bits: int, per_channel: bool) -> torch.Tensor | None:
+        """The weight at ``bits`` bias-corrected to the FP path in one fused pass, where
+        there is one (the tanh FP path); None: compose ``with_reference`` and WBC."""
+        if self.fp_path != "tanh" or F.is_fp(bits):
+            return None
+        return F.dorefa_wbc_weight(w, bits, per_channel)
+
     def extra_repr(self) -> str:
         return f"fp_path={self.fp_path}"
 
