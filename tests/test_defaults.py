@@ -331,3 +331,24 @@ def test_emq_defaults_sweep_default_variant_has_no_flags():
     bench = _bench_module("emq_defaults")
     assert bench.VARIANTS["default"] == []
     assert all("--coreset-batch" in v for k, v in bench.VARIANTS.items() if k != "default")
+
+
+def test_step_cost_benchmark_times_the_commands_steps(monkeypatch, capsys):
+    # each row is the step `mbq train` runs: EMQ on its f x batch child batches, and the
+    # composed-WBC row puts the fused pass back afterwards
+    import json
+
+    from mbq.core.quant.quantizers import DoReFaWeight
+
+    bench = _bench_module("step_cost")
+    fused = DoReFaWeight.corrected
+    monkeypatch.setattr("sys.argv", ["step_cost.py", "--arch", "cnn", "--rounds", "1", "--steps", "1",
+                                     "--threads", "1", "--json"])
+    bench.main()
+    doc = json.loads(capsys.readouterr().out)
+    assert DoReFaWeight.corrected is fused
+    assert set(doc["ms"]) == {"anyprec step (batch 128)", "emq step (child batch 26)",
+                              "emq step, --no-fused WBC (child batch 26)",
+                              "no-grad forward at 2 bits (batch 128)",
+                              "no-grad forward, PACT through autograd (batch 128)"}
+    assert all(v > 0 for v in doc["ms"].values())
