@@ -387,3 +387,15 @@ def test_pact_fp_float_input_is_a_clip_to_alpha():
     assert _float_input("layer", PACTAct(), 32) is None  # plain PACT passes float inputs unchanged
     x = torch.tensor([-1.0, 0.5, 2.0])
     assert torch.equal(aq(x, 32), torch.tensor([0.0, 0.5, 1.5]))
+
+
+def test_width_scaled_pact_exports_each_widths_own_clip():
+    """pact_width clips a b-bit width at alpha * r(b); the codes' scale must follow it."""
+    from mbq.core.export.codes import _float_input
+    from mbq.core.quant import functional as F
+    from mbq.core.quant.quantizers import PACTWidthActFP
+
+    aq = PACTWidthActFP(init_alpha=4.0)
+    assert float(aq.clip(2).detach()) == pytest.approx(4.0 * F.width_clip_ratio(2))
+    codes = _float_input("layer", aq, 32)  # FP path: clipped at alpha itself
+    assert codes is not None and codes.hi * codes.scale == 4.0

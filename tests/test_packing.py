@@ -88,7 +88,7 @@ def test_float_width_has_no_codes():
 
 def test_activation_codes_match_the_fake_quant_activation():
     x = torch.randn(4, 6, 8, 8) * 0.7 + 0.4
-    for act, bits in [("clamp", 2), ("clamp", 4), ("pact", 3), ("lsq", 4)]:
+    for act, bits in [("clamp", 2), ("clamp", 4), ("pact", 3), ("pact_width", 2), ("pact_width", 5), ("lsq", 4)]:
         m = _layer("conv", "dorefa", bits, act=act)
         fq = m.quantized_input(x)  # also initialises an LSQ step from data, as eval would
         a = act_codes_params("layer", m)

@@ -219,3 +219,30 @@ def test_fused_dorefa_wbc_matches_the_composition(shape, bits, per_channel):
     assert torch.allclose(out, ref, atol=1e-6)
     assert torch.allclose(g_out, g_ref, atol=1e-6 * float(g_ref.abs().max()))
     assert not torch.allclose(g_out, torch.zeros_like(g_out))
+
+
+def _rectified_gaussian_mse(clip: float, levels: int, x, pdf) -> float:
+    q = torch.minimum(x, torch.tensor(clip, dtype=x.dtype)).mul(levels / clip).round().mul(clip / levels)
+    return float(torch.trapezoid((q - x) ** 2 * pdf, x))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_width_clip_table_is_the_mse_optimal_clip(bits):
+    """Re-derive a table entry: the clip minimising the quantization MSE of ReLU(N(0, 1))."""
+    x = torch.linspace(0, 12, 240_001, dtype=torch.float64)
+    pdf = torch.exp(-x * x / 2) / (2 * torch.pi) ** 0.5
+    levels = (1 << bits) - 1
+    grid = torch.arange(0.5, 6.0, 0.01).tolist()
+    best = min(grid, key=lambda a: _rectified_gaussian_mse(a, levels, x, pdf))
+    assert abs(best - F._RECTIFIED_GAUSSIAN_CLIP[bits]) <= 0.015
+    table = _rectified_gaussian_mse(F._RECTIFIED_GAUSSIAN_CLIP[bits], levels, x, pdf)
+    assert table <= _rectified_gaussian_mse(best, levels, x, pdf) * 1.001
+
+
+def test_width_clip_ratio_is_monotone_and_one_from_eight_bits():
+    ratios = [F.width_clip_ratio(b) for b in range(1, 9)]
+    assert all(a < b for a, b in zip(ratios, ratios[1:]))
+    assert ratios[-1] == 1.0 and F.width_clip_ratio(16) == 1.0 and F.width_clip_ratio(32) == 1.0
+    assert 0.46 < F.width_clip_ratio(2) < 0.47
+    with pytest.raises(ValueError):
+        F.width_clip_ratio(0)

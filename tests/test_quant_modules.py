@@ -242,3 +242,25 @@ def test_emq_layer_trains_through_the_fused_wbc_pass():
     y = conv._conv_forward(conv.quantized_input(x), composed, conv.bias)
     y.square().sum().backward()
     assert torch.allclose(fused, conv.weight.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 5, 8, 16])
+def test_width_scaled_pact_is_pact_at_a_scaled_clip(bits):
+    from mbq.core.quant import functional as F
+    from mbq.core.quant.quantizers import PACTAct, PACTWidthAct
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 8) * 2
+    plain, scaled = PACTAct(init_alpha=5.0), PACTWidthAct(init_alpha=5.0)
+    r = F.width_clip_ratio(bits)
+    ref = F.pact_act(x, torch.tensor(5.0 * r), bits)
+    y = scaled(x.clone().requires_grad_(), bits)
+    assert torch.allclose(y, ref, atol=1e-6)
+    assert float(y.detach().max()) <= 5.0 * r + 1e-6
+    # the shared alpha's gradient is the clip's gradient times the width's ratio
+    y.sum().backward()
+    plain_clip = PACTAct(init_alpha=5.0 * r)
+    plain_clip(x.clone().requires_grad_(), bits).sum().backward()
+    assert torch.allclose(scaled.alpha.grad, plain_clip.alpha.grad * r, rtol=1e-5)
+    if bits >= 8:
+        assert torch.equal(scaled(x, bits), plain(x, bits))

@@ -82,7 +82,7 @@ class ModelConfig(_Strict):
 
 class QuantConfig(_Strict):
     weight: Literal["dorefa", "roundclamp", "lsq"] = "dorefa"
-    act: Literal["clamp", "clamp_fp", "pact", "pact_fp", "lsq", "none"] = "clamp"
+    act: Literal["clamp", "clamp_fp", "pact", "pact_fp", "pact_width", "pact_width_fp", "lsq", "none"] = "clamp"
     w_bits: int = 32
     a_bits: int = 32
     first_last_bits: int = 32

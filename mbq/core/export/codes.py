@@ -159,7 +159,7 @@ def _float_input(name: str, aq, bits: int) -> ActCodes | None:
         return None
     if torch.equal(y, x.clamp(0, 1)):
         return ActCodes(bits, 1.0, 0, 1, "clip")  # float input, clipped to [lo, hi] * scale
-    alpha = getattr(aq, "alpha", None)  # pact_fp: clipped to [0, alpha]
+    alpha = aq.clip(bits).detach() if isinstance(aq, PACTAct) else None  # pact_fp: clipped to [0, alpha]
     if alpha is not None and torch.equal(y, torch.minimum(x.clamp(min=0), alpha.to(x.dtype))):
         return ActCodes(bits, float(alpha), 0, 1, "clip")
     raise MbqError(f"layer {name}: the {type(aq).__name__} activation quantizer changes float "
@@ -181,7 +181,7 @@ def act_codes_params(name: str, layer) -> ActCodes | None:
     if isinstance(aq, ClampAct):
         return ActCodes(bits, 1.0 / n, 0, n, "clamp")
     if isinstance(aq, PACTAct):
-        return _positive(name, ActCodes(bits, float(aq.alpha.detach()) / n, 0, n, "pact"))
+        return _positive(name, ActCodes(bits, float(aq.clip(bits).detach()) / n, 0, n, "pact"))
     if isinstance(aq, LSQAct):
         if not bool(aq.initialized[bits]):
             raise MbqError(f"layer {name}: the LSQ activation step for {bits} bits was never "

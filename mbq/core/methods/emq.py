@@ -50,7 +50,7 @@ class EMQMethod(MultiBitMethod):
     def quant_config(self):
         o = self.opts
         act = self.cfg.quant.act
-        if act in ("clamp", "pact") and o.fp_act == "clamp":
+        if act in ("clamp", "pact", "pact_width") and o.fp_act == "clamp":
             act += "_fp"  # the shared BN sees one activation range at every width, FP included
         return self._quant(act=act, wbc=o.wbc, wbc_detach=o.wbc_detach,
                            wbc_per_channel=o.wbc_per_channel, switchable_bn=None,

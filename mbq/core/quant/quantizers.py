@@ -108,18 +108,38 @@ class PACTAct(nn.Module):
         super().__init__()
         self.alpha = nn.Parameter(torch.tensor(float(init_alpha)))
 
+    def clip(self, bits: int) -> torch.Tensor:
+        """The clip used at ``bits`` (export reads it from here)."""
+        return self.alpha
+
     def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
-        return F.pact_act(x, self.alpha, bits)
+        return F.pact_act(x, self.clip(bits), bits)
 
 
 class PACTActFP(PACTAct):
-    """PACTAct whose FP path clips to [0, alpha] too (without rounding): the limit of the
+    """PACTAct whose FP path clips to [0, clip] too (without rounding): the limit of the
     quantized widths, so a BN shared by all widths sees one range at FP as well."""
 
     def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
         if F.is_fp(bits):
-            return torch.minimum(x.clamp(min=0), self.alpha.to(x.dtype))
-        return F.pact_act(x, self.alpha, bits)
+            return torch.minimum(x.clamp(min=0), self.clip(bits).to(x.dtype))
+        return F.pact_act(x, self.clip(bits), bits)
+
+
+class PACTWidthAct(PACTAct):
+    """PACT with one learned clip whose use is scaled per width: alpha is the 8-bit (and
+    FP) clip and a b-bit width clips at alpha * r(b), r the ratio of MSE-optimal clips of
+    a rectified Gaussian (0.46 at 2 bits). A single shared clip is a compromise that leaves
+    coarse widths with a few wide levels (docs/benchmarks.md); the ratio is defined at every
+    width, so widths never trained get a clip too."""
+
+    def clip(self, bits: int) -> torch.Tensor:
+        r = F.width_clip_ratio(bits)
+        return self.alpha if r == 1.0 else self.alpha * r
+
+
+class PACTWidthActFP(PACTWidthAct, PACTActFP):
+    """PACTWidthAct with PACTActFP's FP path (clipped to [0, alpha])."""
 
 
 class LSQAct(_LSQBase):
@@ -140,4 +160,5 @@ class NoAct(nn.Module):
 
 
 WEIGHT_QUANTIZERS = {"dorefa": DoReFaWeight, "roundclamp": RoundClampWeight, "lsq": LSQWeight}
-ACT_QUANTIZERS = {"clamp": ClampAct, "clamp_fp": ClampActFP, "pact": PACTAct, "pact_fp": PACTActFP, "lsq": LSQAct, "none": NoAct}
+ACT_QUANTIZERS = {"clamp": ClampAct, "clamp_fp": ClampActFP, "pact": PACTAct, "pact_fp": PACTActFP,
+                  "pact_width": PACTWidthAct, "pact_width_fp": PACTWidthActFP, "lsq": LSQAct, "none": NoAct}

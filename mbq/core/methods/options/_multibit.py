@@ -21,10 +21,14 @@ def parse_eval_bits(v):
 # saturates much of each BN output (docs/benchmarks.md: anyprec {2,4,8} after 2 epochs on 10k
 # MNIST images, 92.5-95.0 with the clamp, 96.1-97.6 with PACT)
 PACT_DEFAULT: dict = {"quant.act": "pact"}
+# Methods that train several widths on one clip scale its use per width (PACTWidthAct): one
+# shared clip left 2-bit activations with levels 0/1.9/3.8/5.7 for BN outputs of unit scale
+# (docs/benchmarks.md, "PACT's clip across widths")
+PACT_WIDTH_DEFAULT: dict = {"quant.act": "pact_width"}
 
 
 class MultiBitOptions(MethodOptions):
-    train_defaults: ClassVar[dict] = dict(PACT_DEFAULT)
+    train_defaults: ClassVar[dict] = dict(PACT_WIDTH_DEFAULT)
 
     fp_path: Literal["tanh", "identity"] = Field(
         "tanh", description="FP path (32 bits): Any-Precision's E*tanh(w)/max|tanh(w)| or the raw weight")
