@@ -352,3 +352,18 @@ def test_step_cost_benchmark_times_the_commands_steps(monkeypatch, capsys):
                               "no-grad forward at 2 bits (batch 128)",
                               "no-grad forward, PACT through autograd (batch 128)"}
     assert all(v > 0 for v in doc["ms"].values())
+
+
+# --- activation quantizer -----------------------------------------------------------------
+
+@pytest.mark.parametrize("method, act", [("qat", "pact"), ("anyprec", "pact_width"), ("emq", "pact_width"),
+                                         ("mebqat", "pact_width"), ("mebqat-pn", "pact_width"),
+                                         ("mebqat-maml", "pact_width"), ("qat-pn", "pact")])
+def test_methods_training_several_widths_scale_the_clip_per_width(method, act):
+    assert _cfg("--method", method).quant.act == act
+
+
+def test_explicit_activation_quantizer_wins_over_the_method_default():
+    assert _cfg("--method", "anyprec", "--act-quantizer", "pact").quant.act == "pact"
+    assert _cfg("--method", "emq", "--quantizer", "sat").quant.act == "pact"
+    assert _cfg("--method", "mebqat", "--quantizer", "dorefa").quant.act == "clamp"

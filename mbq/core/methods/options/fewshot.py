@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 
 from ...config import MethodOptions
 from ._bittasks import BitTaskOptions
-from ._multibit import PACT_DEFAULT
+from ._multibit import PACT_DEFAULT, PACT_WIDTH_DEFAULT
 
 _ALL_WIDTHS = [2, 3, 4, 5, 6, 7, 8, 16, 32]
 
@@ -63,10 +63,10 @@ class PNOptions(EpisodeOptions):
 
 
 class MEBQATMAMLOptions(MAMLOptions, BitTaskOptions):
-    train_defaults: ClassVar[dict] = dict(MAMLOptions.train_defaults, bits=_ALL_WIDTHS)
+    train_defaults: ClassVar[dict] = dict(MAMLOptions.train_defaults, bits=_ALL_WIDTHS, **PACT_WIDTH_DEFAULT)
 
 
 class MEBQATPNOptions(PNOptions, BitTaskOptions):
-    train_defaults: ClassVar[dict] = dict(PNOptions.train_defaults, bits=_ALL_WIDTHS)
+    train_defaults: ClassVar[dict] = dict(PNOptions.train_defaults, bits=_ALL_WIDTHS, **PACT_WIDTH_DEFAULT)
 
     meta_batch: int = Field(4, ge=1, description="random (w, a) pairs per episode")
