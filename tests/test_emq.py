@@ -133,14 +133,14 @@ def test_fp_path_activations_share_the_quantized_range_by_default():
         assert layer.act_quant(x, 2).max().item() == 1.0  # quantized widths clamp either way
 
 
-def test_emq_pact_width_clips_fp_at_alpha_and_each_width_at_its_ratio():
+def test_emq_with_pact_width_clips_fp_at_alpha_and_each_width_at_its_ratio():
     from mbq.cli.train import resolve_config
     from mbq.core.methods import create_method
     from mbq.core.quant import functional as F
     from mbq.core.quant import quantized_layers
     from mbq.core.quant.quantizers import PACTWidthActFP
 
-    cfg = resolve_config(["--method", "emq", "--arch", "cnn", "--bits", "2,4,8"])
+    cfg = resolve_config(["--method", "emq", "--arch", "cnn", "--bits", "2,4,8", "--act-quantizer", "pact_width"])
     cfg.model.num_classes, cfg.model.in_channels, cfg.model.image_size = 10, 1, 28  # the dataset's
     _, layer = quantized_layers(create_method(cfg).build_model(), include_pinned=False)[0]
     aq = layer.act_quant

@@ -5,11 +5,11 @@ Every field is a ``mbq train --method emq`` flag; see docs/emq.md.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from ._multibit import MultiBitOptions
+from ._multibit import PACT_DEFAULT, MultiBitOptions
 
 DEFAULT_FRACTION = 0.2  # the paper's operating point, for runs of >= 10 epochs
 WARMUP_FRACTION = 0.05  # of the run's steps (one epoch was half of a 2-epoch run)
@@ -29,6 +29,11 @@ def auto_fraction(epochs: int) -> float:
 
 class EMQOptions(MultiBitOptions):
     """Shared BN + weight bias correction + bit-wise coreset sampling."""
+
+    # one clip for every width, not anyprec's clip scaled per width: EMQ serves widths it never
+    # trained, and a clip no trained width used cost them more than a point at 10 epochs
+    # (3 / 5 bits 97.27 / 97.56 against 98.94 / 99.01 shared; docs/benchmarks.md)
+    train_defaults: ClassVar[dict] = dict(MultiBitOptions.train_defaults, **PACT_DEFAULT)
 
     @classmethod
     def run_defaults(cls, options: dict, epochs: int) -> tuple[dict, dict]:
