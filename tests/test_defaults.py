@@ -357,8 +357,8 @@ def test_step_cost_benchmark_times_the_commands_steps(monkeypatch, capsys):
 # --- activation quantizer -----------------------------------------------------------------
 
 @pytest.mark.parametrize("method, act", [("qat", "pact"), ("anyprec", "pact_width"), ("emq", "pact"),
-                                         ("mebqat", "pact_width"), ("mebqat-pn", "pact_width"),
-                                         ("mebqat-maml", "pact_width"), ("qat-pn", "pact")])
+                                         ("mebqat", "pact"), ("mebqat-pn", "pact_width"),
+                                         ("mebqat-maml", "pact"), ("qat-pn", "pact")])
 def test_methods_training_several_widths_scale_the_clip_per_width(method, act):
     assert _cfg("--method", method).quant.act == act
 

@@ -239,8 +239,9 @@ def test_width_clip_table_is_the_mse_optimal_clip(bits):
     assert table <= _rectified_gaussian_mse(best, levels, x, pdf) * 1.001
 
 
-def test_width_clip_ratio_is_monotone_and_one_from_eight_bits():
-    ratios = [F.width_clip_ratio(b) for b in range(1, 9)]
+def test_width_clip_ratio_is_monotone_from_two_bits_and_one_at_one_and_eight_bits():
+    assert F.width_clip_ratio(1) == 1.0  # a threshold, not a grid
+    ratios = [F.width_clip_ratio(b) for b in range(2, 9)]
     assert all(a < b for a, b in zip(ratios, ratios[1:]))
     assert ratios[-1] == 1.0 and F.width_clip_ratio(16) == 1.0 and F.width_clip_ratio(32) == 1.0
     assert 0.46 < F.width_clip_ratio(2) < 0.47

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from ._bittasks import BitTaskOptions
-from ._multibit import PACT_WIDTH_DEFAULT
+from ._multibit import PACT_DEFAULT
 
 
 class MEBQATOptions(BitTaskOptions):
@@ -16,8 +16,10 @@ class MEBQATOptions(BitTaskOptions):
     # SGD, not the paper code's AdamW 1e-3: AdamW leaves clamp-activation models far from
     # converged on short schedules. 0.2 at batch 128, not the shared 0.1: the loss is a mean
     # over tasks where anyprec sums its widths (2 bits: 94.73 at 0.1, 96.44 at 0.2; docs/mebqat.md)
-    train_defaults: ClassVar[dict] = dict(PACT_WIDTH_DEFAULT, bits=[2, 3, 4, 5, 6, 7, 8, 16, 32],
-                                               **{"optim.lr": 0.2})
+    # the shared PACT clip, not anyprec's per-width one: pact_width gained 0.4 at 2 bits on
+    # {2,4,8} but cost up to 3.8 points with 1 bit in the list (docs/benchmarks.md)
+    train_defaults: ClassVar[dict] = dict(PACT_DEFAULT, bits=[2, 3, 4, 5, 6, 7, 8, 16, 32],
+                                          **{"optim.lr": 0.2})
     # by the square root: linear scaling gave 0.4 at batch 256, which diverged (17.5%); 0.28 did not
     lr_batch_rule: ClassVar[str | None] = "sqrt"
 
