@@ -18,6 +18,7 @@ from ..coreset.io import check_matches, read_coreset
 from ..coreset.sampling import mix_seed
 from ..coreset.scores import compute_scores
 from ..errors import MbqError
+from ..quant.quantizers import ACT_QUANTIZERS
 from ..quant import FP_BITS, set_bits
 from ._bn import running_statistics
 from ._multibit import MultiBitMethod, _bits_text, soft_cross_entropy
@@ -50,7 +51,7 @@ class EMQMethod(MultiBitMethod):
     def quant_config(self):
         o = self.opts
         act = self.cfg.quant.act
-        if act in ("clamp", "pact", "pact_width") and o.fp_act == "clamp":
+        if o.fp_act == "clamp" and act + "_fp" in ACT_QUANTIZERS:
             act += "_fp"  # the shared BN sees one activation range at every width, FP included
         return self._quant(act=act, wbc=o.wbc, wbc_detach=o.wbc_detach,
                            wbc_per_channel=o.wbc_per_channel, switchable_bn=None,
