@@ -152,8 +152,13 @@ def run_one(cell_name: str, method: str, folder: Path, seed: int) -> dict:
 
 # --- targets ------------------------------------------------------------------------------
 
+def _spec(row: dict) -> dict:
+    """The row's METHODS entry; a variant no longer defined (an old trial) reads as its method."""
+    return METHODS.get(row.get("name", row["method"])) or METHODS[row["method"]]
+
+
 def _trained_labels(row: dict) -> list[str]:
-    if METHODS[row.get("name", row["method"])].get("bits"):
+    if _spec(row).get("bits"):
         return ["fp" if b == "32" else b for b in row["config"]["bits"].split(",")]
     return list(row["top1"])
 
@@ -233,7 +238,7 @@ def table(rows: list[dict]) -> str:
                 else f", warm-up {o['warmup_epochs']:g} ep" if o.get("warmup_epochs") else "")
         if o.get("grad_clip"):
             warm += f", clip {o['grad_clip']:g}"
-        bits = f" bits {r['config']['bits']}" if METHODS[r.get("name", r["method"])].get("bits") else ""
+        bits = f" bits {r['config']['bits']}" if _spec(r).get("bits") else ""
         widths = " · ".join(f"{k}: {v:.2f}" for k, v in r["top1"].items())
         lines.append(f"| {r['cell']} | {r.get('name', r['method'])} | {_cfg_text(r['config'])}{bits} | "
                      f"{o['optimizer']} {o['lr']:.4g}{warm} | {widths} | {r['train_s']:.0f} |")

@@ -44,11 +44,42 @@ def test_mebqat_defaults_to_sgd():
     assert cfg.bits == [2, 3, 4, 5, 6, 7, 8, 16, 32]
 
 
-@pytest.mark.parametrize("batch", [64, 256, 512])
-def test_mebqat_default_lr_follows_the_square_root_of_the_batch(batch):
-    # linear scaling reached 0.4 at batch 256 and diverged there
-    assert _cfg("--method", "mebqat", "--batch-size", str(batch)).optim.lr == pytest.approx(0.2 * (batch / 128) ** 0.5)
+@pytest.mark.parametrize("batch, lr, warmup", [(32, 0.1, 0.0), (64, 0.2 * 0.5 ** 0.5, 0.0), (128, 0.2, 0.0),
+                                               (256, 0.4, 0.1), (512, 0.8, 0.1)])
+def test_mebqat_default_lr_is_sqrt_below_the_reference_batch_and_warmed_linear_above(batch, lr, warmup):
+    # batch 256, 2 bits: 0.4 cold diverged, 0.283 ended 1.17 behind anyprec, 0.4 warmed up ahead
+    cfg = _cfg("--method", "mebqat", "--batch-size", str(batch))
+    assert cfg.optim.lr == pytest.approx(lr)
+    assert (cfg.optim.warmup_fraction, cfg.optim.warmup_epochs) == (pytest.approx(warmup), 0)
     assert _cfg("--method", "mebqat", "--batch-size", str(batch), "--lr", "0.05").optim.lr == 0.05
+
+
+def test_mebqat_large_batch_warmup_gives_way_to_the_users():
+    cfg = _cfg("--method", "mebqat", "--batch-size", "256", "--warmup", "0.5")
+    assert (cfg.optim.warmup_epochs, cfg.optim.warmup_fraction) == (0.5, 0)
+    cfg = _cfg("--method", "mebqat", "--batch-size", "256", "--warmup-fraction", "0.02")
+    assert cfg.optim.warmup_fraction == pytest.approx(0.02)
+
+
+def test_mebqat_rule_goes_with_its_optimizer():
+    # a user's Adam is scaled as Adam is (square root), not by mebqat's SGD rule
+    cfg = _cfg("--method", "mebqat", "--optimizer", "adamw", "--batch-size", "512")
+    assert cfg.optim.lr == pytest.approx(1e-3 * 2.0)
+
+
+@pytest.mark.parametrize("rule, batch, factor", [("linear", 256, 2), ("sqrt", 256, 2 ** 0.5), ("sqrt_below", 256, 2),
+                                                 ("sqrt_below", 64, 0.5 ** 0.5), ("sqrt_below", 128, 1)])
+def test_lr_for_batch_rules(rule, batch, factor):
+    from mbq.core.defaults import lr_for_batch
+
+    assert lr_for_batch(0.1, "sgd", batch, rule=rule) == pytest.approx(0.1 * factor)
+
+
+def test_lr_for_batch_refuses_an_unknown_rule():
+    from mbq.core.defaults import lr_for_batch
+
+    with pytest.raises(ValueError, match="rule"):
+        lr_for_batch(0.1, "sgd", 256, rule="cubic")
 
 
 # --- EMQ -----------------------------------------------------------------------------------
@@ -367,3 +398,10 @@ def test_explicit_activation_quantizer_wins_over_the_method_default():
     assert _cfg("--method", "anyprec", "--act-quantizer", "pact").quant.act == "pact"
     assert _cfg("--method", "emq", "--quantizer", "sat").quant.act == "pact"
     assert _cfg("--method", "mebqat", "--quantizer", "dorefa").quant.act == "clamp"
+
+
+def test_mebqat_batch_from_a_config_file_sets_its_step_and_warmup(tmp_path):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('method = "mebqat"\nbatch_size = 256\n')
+    cfg = _cfg("--config", str(cfg_file))
+    assert cfg.optim.lr == pytest.approx(0.4) and cfg.optim.warmup_fraction == pytest.approx(0.1)

@@ -75,14 +75,16 @@ def _scale_lr(cfg, opts_cls) -> None:
         raise MbqError(format_validation_error(e, as_flags=True)) from None
     batch = opts.step_batch(cfg.data.batch_size)
     if batch is not None:
-        cfg.optim.lr = lr_for_batch(cfg.optim.lr, cfg.optim.optimizer, batch, rule=opts_cls.lr_batch_rule)
+        # a method's rule goes with its own optimizer (SGD); another one scales by its own
+        rule = opts_cls.lr_batch_rule if cfg.optim.optimizer == "sgd" else None
+        cfg.optim.lr = lr_for_batch(cfg.optim.lr, cfg.optim.optimizer, batch, rule=rule)
 
 
 def build_config(values: dict, explicit: set[str], file_values: dict, extra_args: list[str]):
     """Merge config file < flags, validate, return a TrainConfig."""
     from pydantic import ValidationError
 
-    from mbq.core.config import TrainConfig, format_validation_error, parse_bits
+    from mbq.core.config import DataConfig, TrainConfig, format_validation_error, parse_bits
     from mbq.core.errors import MbqError
 
     from ._method_options import parse_method_args
@@ -122,7 +124,9 @@ def build_config(values: dict, explicit: set[str], file_values: dict, extra_args
     opts_cls = options_class(method)  # unknown method -> MbqError
     opts = {k.replace("-", "_"): v for k, v in file_opts.items()}
     opts.update(parse_method_args(method, extra_args))
-    opts, defaults = opts_cls.run_defaults(opts, int(doc.get("epochs", TrainConfig.model_fields["epochs"].default)))
+    epochs = int(doc.get("epochs", TrainConfig.model_fields["epochs"].default))
+    batch = int(doc.get("data", {}).get("batch_size", DataConfig.model_fields["batch_size"].default))
+    opts, defaults = opts_cls.run_defaults(opts, epochs, batch)
     _apply_method_defaults(doc, defaults, explicit, file_values)
     optim = doc.get("optim", {})
     if "lr" not in optim and optim.get("optimizer", "sgd") != "sgd":
@@ -175,7 +179,7 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 128,
     augment: Annotated[bool, typer.Option(help="The dataset's default batch augmentation.")] = True,
     optimizer: Annotated[str, typer.Option(help="sgd, adamw or adam.")] = "sgd",
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the method's, stated at batch 128 and scaled to --batch-size: linearly for SGD, by the square root for Adam and for mebqat).", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the method's, stated at batch 128 and scaled to --batch-size: linearly for SGD, by the square root for Adam; mebqat: by the square root below 128, linearly above with a warm-up over 10% of the run).", show_default=False)] = None,
     weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 5e-4,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
     schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = "cosine",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from .defaults import EVAL_BATCH
+from .defaults import EVAL_BATCH, REF_BATCH
 
 VALID_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
 FP_BITS = 32
@@ -118,13 +118,13 @@ class MethodOptions(_Strict):
 
     # shared flags this method defaults differently, e.g. {"optim.lr": 0.2} (at REF_BATCH)
     train_defaults: ClassVar[dict] = {}
-    # how the default LR follows the batch: None by optimizer, or "linear" / "sqrt"
+    # how the default LR follows the batch: None by optimizer, or "linear" / "sqrt" / "sqrt_below"
     lr_batch_rule: ClassVar[str | None] = None
 
     @classmethod
-    def run_defaults(cls, options: dict, epochs: int) -> tuple[dict, dict]:
-        """(options, shared-flag defaults) for a run of ``epochs`` epochs: a method whose
-        defaults depend on the run's shape resolves them here, before validation."""
+    def run_defaults(cls, options: dict, epochs: int, batch_size: int = REF_BATCH) -> tuple[dict, dict]:
+        """(options, shared-flag defaults) for a run of ``epochs`` epochs at ``batch_size``: a
+        method whose defaults depend on the run's shape resolves them here, before validation."""
         return options, dict(cls.train_defaults)
 
     def step_batch(self, batch_size: int) -> int | None:

@@ -3,6 +3,8 @@
 A method states its learning rate at :data:`REF_BATCH` images per gradient;
 ``mbq train`` scales it to the run's batch (linearly for SGD, by the square
 root for Adam/AdamW, or by the method's own rule) unless ``--lr`` is given.
+A method whose rule scales its step up with the batch may also warm it up there
+(:data:`LARGE_BATCH_WARMUP`, through its options' ``run_defaults``).
 """
 from __future__ import annotations
 
@@ -14,9 +16,19 @@ ADAM_LR = 1e-3  # Adam/AdamW with no LR of the method's
 EVAL_BATCH = 128
 
 
+# warm-up, as a fraction of the run, of a method whose step grows linearly above REF_BATCH
+LARGE_BATCH_WARMUP = 0.1
+LR_RULES = ("linear", "sqrt", "sqrt_below")
+
+
 def lr_for_batch(lr: float, optimizer: str, batch: int, ref: int = REF_BATCH,
                  rule: str | None = None) -> float:
-    """``rule``: "linear" or "sqrt"; None picks by optimizer (linear for SGD, sqrt for Adam)."""
+    """``rule``: "linear", "sqrt", or "sqrt_below" (linear above ``ref``, square root below);
+    None picks by optimizer (linear for SGD, sqrt for Adam)."""
     r = batch / ref
     rule = rule or ("linear" if optimizer == "sgd" else "sqrt")
-    return lr * (r if rule == "linear" else r ** 0.5)
+    if rule not in LR_RULES:
+        raise ValueError(f"unknown LR batch rule {rule!r}")
+    if rule == "linear" or (rule == "sqrt_below" and r > 1):
+        return lr * r
+    return lr * r ** 0.5

@@ -9,6 +9,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from ...defaults import REF_BATCH
 from ._multibit import PACT_DEFAULT, MultiBitOptions
 
 DEFAULT_FRACTION = 0.2  # the paper's operating point, for runs of >= 10 epochs
@@ -36,7 +37,7 @@ class EMQOptions(MultiBitOptions):
     train_defaults: ClassVar[dict] = dict(MultiBitOptions.train_defaults, **PACT_DEFAULT)
 
     @classmethod
-    def run_defaults(cls, options: dict, epochs: int) -> tuple[dict, dict]:
+    def run_defaults(cls, options: dict, epochs: int, batch_size: int = REF_BATCH) -> tuple[dict, dict]:
         """The coreset fraction and the optimizer defaults that go with it.
 
         Without --coreset-fraction (or a coreset file) each width trains on

@@ -5,6 +5,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from ...defaults import LARGE_BATCH_WARMUP, REF_BATCH
 from ._bittasks import BitTaskOptions
 from ._multibit import PACT_DEFAULT
 
@@ -20,8 +21,19 @@ class MEBQATOptions(BitTaskOptions):
     # {2,4,8} but cost up to 3.8 points with 1 bit in the list (docs/benchmarks.md)
     train_defaults: ClassVar[dict] = dict(PACT_DEFAULT, bits=[2, 3, 4, 5, 6, 7, 8, 16, 32],
                                           **{"optim.lr": 0.2})
-    # by the square root: linear scaling gave 0.4 at batch 256, which diverged (17.5%); 0.28 did not
-    lr_batch_rule: ClassVar[str | None] = "sqrt"
+    # the step grows linearly above batch 128, warmed up over a tenth of the run, and by the
+    # square root below (docs/benchmarks.md, "mebqat's step across batch sizes"). Batch 256, 2
+    # bits at seeds 0 / 1 / 2: 0.4 cold diverged (17.5%); 0.283 (sqrt) 93.83 / 52.23 / 92.14;
+    # 0.4 warmed up 95.15 / 78.48 / 93.65 (anyprec 95.00 / 93.32 at seeds 0 / 1).
+    # Batch 64: 0.141 (sqrt) 97.12, 0.1 (linear) 96.78. At 128 a warm-up cost 1.1 at 2 bits.
+    lr_batch_rule: ClassVar[str | None] = "sqrt_below"
+
+    @classmethod
+    def run_defaults(cls, options: dict, epochs: int, batch_size: int = REF_BATCH) -> tuple[dict, dict]:
+        defaults = dict(cls.train_defaults)
+        if batch_size > REF_BATCH:
+            defaults["optim.warmup_fraction"] = LARGE_BATCH_WARMUP
+        return options, defaults
 
     meta_batch: int = Field(4, ge=1, description="tasks per mini-batch, the guaranteed ones included; at most one per valid pair")
     # on by default, as in the paper's ResNet-20 code: drawn, (1, 1) was in a fifth of the
