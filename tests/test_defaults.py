@@ -405,3 +405,13 @@ def test_mebqat_batch_from_a_config_file_sets_its_step_and_warmup(tmp_path):
     cfg_file.write_text('method = "mebqat"\nbatch_size = 256\n')
     cfg = _cfg("--config", str(cfg_file))
     assert cfg.optim.lr == pytest.approx(0.4) and cfg.optim.warmup_fraction == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("line, needle", [('batch_size = "abc"', "--batch-size"), ('epochs = "x"', "--epochs")])
+def test_a_bad_run_shape_in_a_config_file_is_one_line_and_exit_2(tmp_path, line, needle):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(f'method = "mebqat"\n{line}\n')
+    res = CliRunner().invoke(app, ["train", "--config", str(cfg_file), "--out", str(tmp_path / "m.safetensors")])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in res.output

@@ -80,6 +80,14 @@ def _scale_lr(cfg, opts_cls) -> None:
         cfg.optim.lr = lr_for_batch(cfg.optim.lr, cfg.optim.optimizer, batch, rule=rule)
 
 
+def _int_or(value, default: int) -> int:
+    """The run's shape for a method's defaults; a bad value is left for validation to name."""
+    try:
+        return int(value) if value is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
 def build_config(values: dict, explicit: set[str], file_values: dict, extra_args: list[str]):
     """Merge config file < flags, validate, return a TrainConfig."""
     from pydantic import ValidationError
@@ -124,8 +132,8 @@ def build_config(values: dict, explicit: set[str], file_values: dict, extra_args
     opts_cls = options_class(method)  # unknown method -> MbqError
     opts = {k.replace("-", "_"): v for k, v in file_opts.items()}
     opts.update(parse_method_args(method, extra_args))
-    epochs = int(doc.get("epochs", TrainConfig.model_fields["epochs"].default))
-    batch = int(doc.get("data", {}).get("batch_size", DataConfig.model_fields["batch_size"].default))
+    epochs = _int_or(doc.get("epochs"), TrainConfig.model_fields["epochs"].default)
+    batch = _int_or(doc.get("data", {}).get("batch_size"), DataConfig.model_fields["batch_size"].default)
     opts, defaults = opts_cls.run_defaults(opts, epochs, batch)
     _apply_method_defaults(doc, defaults, explicit, file_values)
     optim = doc.get("optim", {})
