@@ -24,13 +24,13 @@ class MEBQATOptions(BitTaskOptions):
     # the step grows linearly above batch 128, warmed up over a tenth of the run, and by the
     # square root below (docs/benchmarks.md, "mebqat's step across batch sizes"). Batch 256, 2
     # bits at seeds 0 / 1 / 2: 0.4 cold diverged (17.5%); 0.283 (sqrt) 93.83 / 52.23 / 92.14;
-    # 0.4 warmed up 95.15 / 78.48 / 93.65 (anyprec 95.00 / 93.32 at seeds 0 / 1).
+    # 0.4 warmed up 95.15 / 78.48 / 93.65 (anyprec 95.00 / 93.32 / 94.99).
     # Batch 64: 0.141 (sqrt) 97.12, 0.1 (linear) 96.78. At 128 a warm-up cost 1.1 at 2 bits.
     lr_batch_rule: ClassVar[str | None] = "sqrt_below"
 
     @classmethod
     def run_defaults(cls, options: dict, epochs: int, batch_size: int = REF_BATCH) -> tuple[dict, dict]:
-        defaults = dict(cls.train_defaults)
+        options, defaults = super().run_defaults(options, epochs, batch_size)
         if batch_size > REF_BATCH:
             defaults["optim.warmup_fraction"] = LARGE_BATCH_WARMUP
         return options, defaults
