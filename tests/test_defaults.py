@@ -54,6 +54,15 @@ def test_mebqat_default_lr_is_sqrt_below_the_reference_batch_and_warmed_linear_a
     assert _cfg("--method", "mebqat", "--batch-size", str(batch), "--lr", "0.05").optim.lr == 0.05
 
 
+@pytest.mark.parametrize("batch, clip", [(64, None), (128, None), (256, 1.0), (512, 1.0)])
+def test_mebqat_caps_the_gradient_norm_with_the_large_batch_step(batch, clip):
+    # batch 256, seed 1: uncapped, a spike at the warm-up's peak stalled the run (2 bits 78.48);
+    # capped at 1, 94.70
+    assert _cfg("--method", "mebqat", "--batch-size", str(batch)).optim.grad_clip == clip
+    assert _cfg("--method", "mebqat", "--batch-size", str(batch), "--grad-clip", "0").optim.grad_clip == 0
+    assert _cfg("--method", "mebqat", "--batch-size", str(batch), "--grad-clip", "3").optim.grad_clip == 3
+
+
 def test_mebqat_large_batch_warmup_gives_way_to_the_users():
     cfg = _cfg("--method", "mebqat", "--batch-size", "256", "--warmup", "0.5")
     assert (cfg.optim.warmup_epochs, cfg.optim.warmup_fraction) == (0.5, 0)
@@ -405,6 +414,7 @@ def test_mebqat_batch_from_a_config_file_sets_its_step_and_warmup(tmp_path):
     cfg_file.write_text('method = "mebqat"\nbatch_size = 256\n')
     cfg = _cfg("--config", str(cfg_file))
     assert cfg.optim.lr == pytest.approx(0.4) and cfg.optim.warmup_fraction == pytest.approx(0.1)
+    assert cfg.optim.grad_clip == 1.0
 
 
 @pytest.mark.parametrize("line, needle", [('batch_size = "abc"', "--batch-size"), ('epochs = "x"', "--epochs")])
