@@ -124,6 +124,18 @@ def test_emq_caps_the_summed_gradient_unless_told_otherwise():
     assert _cfg("--method", "anyprec", "--bits", "2,4,8").optim.grad_clip is None
 
 
+@pytest.mark.parametrize("batch, large", [(64, False), (128, False), (256, True), (512, True)])
+def test_emq_cap_tightens_with_the_large_batch_step(batch, large):
+    # batch 256, seed 1: capped at 5 the run ended ~2 points behind anyprec; at 2, ahead
+    from mbq.core.methods.options.emq import GRAD_CLIP, LARGE_BATCH_GRAD_CLIP
+
+    cfg = _cfg("--method", "emq", "--bits", "2,4,8", "--batch-size", str(batch))
+    assert cfg.optim.grad_clip == (LARGE_BATCH_GRAD_CLIP if large else GRAD_CLIP)
+    assert LARGE_BATCH_GRAD_CLIP < GRAD_CLIP
+    assert _cfg("--method", "emq", "--bits", "2,4,8", "--batch-size", str(batch),
+                "--grad-clip", "0").optim.grad_clip == 0
+
+
 def test_grad_clip_zero_means_no_clipping():
     import torch
 

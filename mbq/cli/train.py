@@ -193,7 +193,7 @@ def train(
     schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = "cosine",
     warmup: Annotated[float, typer.Option(help="Linear warm-up epochs (shorter than the run).")] = 0.0,
     warmup_fraction: Annotated[float, typer.Option(help="Linear warm-up as a fraction of the run's steps, in [0, 1).")] = 0.0,
-    grad_clip: Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this (0: no clipping; emq clips at 5 by default, mebqat at 1 above batch 128).")] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this (0: no clipping; by default emq clips at 5, or 2 above batch 128, and mebqat at 1 above batch 128).")] = None,
     quantizer: Annotated[Optional[str], typer.Option(help="dorefa (DoReFa weights, clamp acts), sat (DoReFa weights, PACT acts: the default of qat, emq and mebqat; anyprec and mebqat-pn default to PACT with a clip scaled per width), lsq, roundclamp.")] = None,
     act_quantizer: Annotated[Optional[str], typer.Option(help="clamp, pact, pact_width (one learned clip, used at alpha * r(bits): the default of anyprec and mebqat-pn), lsq or none.")] = None,
     first_last_bits: Annotated[Optional[int], typer.Option(help="Bits of the first conv and last linear (32 = float).")] = None,

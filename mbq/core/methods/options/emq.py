@@ -19,6 +19,11 @@ MIN_CORESET_BATCH = 16  # BatchNorm statistics of a smaller batch are too noisy
 # affine, and without a cap the first steps of short or large-batch runs diverge
 # (batch 256, 2 epochs: 28% top-1 at every width; capped: 96.6 / 95.4 / 96.5, docs/emq.md)
 GRAD_CLIP = 5.0
+# the cap with the large-batch step (--batch-size above 128, where the LR grows linearly): a
+# step's gradient norm shrinks with the batch, so 5 no longer caught the spikes of a run whose
+# step doubled (batch 256, 2 epochs, 2 bits at seeds 1 / 2: 92.54 / 89.43 at 5, 96.19 / 96.12
+# at 2; anyprec 93.32 / 94.99; docs/emq.md)
+LARGE_BATCH_GRAD_CLIP = 2.0
 SCORES = ("el2n", "grand", "entropy", "forgetting", "random")
 SAMPLINGS = ("weighted", "stratified", "topk", "random")
 
@@ -46,7 +51,8 @@ class EMQOptions(MultiBitOptions):
         (docs/emq.md, "Choosing the defaults"). Each width's batch is f x --batch-size, so
         an epoch has as many steps as plain training; the LR at batch 128 is 0.1 / sqrt(f)
         and the decay 5e-4 / f (f = 1: Any-Precision's 0.1 and 5e-4). The summed gradient's
-        norm is capped at GRAD_CLIP (--grad-clip 0 turns the cap off).
+        norm is capped at GRAD_CLIP, or LARGE_BATCH_GRAD_CLIP above batch 128 (--grad-clip 0
+        turns the cap off).
         """
         options = dict(options)
         if "coreset_fraction" not in options and not options.get("coreset"):
@@ -60,7 +66,8 @@ class EMQOptions(MultiBitOptions):
         return options, dict(cls.train_defaults, **{"optim.lr": round(0.1 / f ** 0.5, 4),
                                                     "optim.weight_decay": 5e-4 / f,
                                                     "optim.warmup_fraction": WARMUP_FRACTION,
-                                                    "optim.grad_clip": GRAD_CLIP})
+                                                    "optim.grad_clip": GRAD_CLIP if batch_size <= REF_BATCH
+                                                    else LARGE_BATCH_GRAD_CLIP})
 
     wbc: bool = Field(True, description="weight bias correction: match each quantized filter's "
                                         "mean/std to the FP path's, at every width")
