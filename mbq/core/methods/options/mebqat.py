@@ -12,8 +12,8 @@ from ._multibit import PACT_DEFAULT
 # cap on the norm of the mean task gradient with the large-batch step: every task pushes the
 # one shared BN affine, and at the peak of the warm-up a loss spike drove the BN shifts far
 # enough (norm 0 -> 4.2 in 13 steps at seed 1) to stall training for half the run; capped, the
-# shifts grew to 0.6 and there was no spike. Norms of a batch-256 step are 0.8-3.6 (emq's 5
-# caps a sum of its widths' gradients)
+# shifts grew to 0.6 and there was no spike. Norms of a batch-256 step are 0.8-3.6 (emq caps
+# the sum of its widths' gradients, at 2 above batch 128)
 LARGE_BATCH_GRAD_CLIP = 1.0
 
 
