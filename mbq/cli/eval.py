@@ -27,7 +27,7 @@ def eval_cmd(
     batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = EVAL_BATCH,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate on the first N test images only.")] = None,
     recalibrate_bn: Annotated[int, typer.Option(help="Re-estimate BN statistics on N training batches first.")] = 0,
-    recalibrate_widths: Annotated[str, typer.Option(help="With --recalibrate-bn: 'all' widths, or only those 'extrapolated' beyond the trained range (EMQ: 1 and FP of a 2,4,8 model; the others keep their data-free statistics).")] = "all",
+    recalibrate_widths: Annotated[str, typer.Option(help="With --recalibrate-bn: 'all' widths; every width not trained ('untrained': EMQ's interpolated 3 and 5-7 and 1 and FP of a 2,4,8 model); or only those 'extrapolated' beyond the trained range (1 and FP). The others keep their data-free statistics.")] = "all",
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of top-1 against bit-width (needs matplotlib, the plot extra).")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,

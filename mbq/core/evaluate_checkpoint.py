@@ -23,7 +23,7 @@ def _pair_error(cfg, w: int, a: int) -> MbqError:
                     "--pairs all evaluates every pair it answers at")
 
 
-RECALIBRATE_WIDTHS = ("all", "extrapolated")
+RECALIBRATE_WIDTHS = ("all", "untrained", "extrapolated")
 
 
 def is_extrapolated(w: int | None, trained: list[int]) -> bool:
@@ -58,9 +58,11 @@ def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]]
     the checkpoint answers at) or a list; ``episodes``/``ways``/``shots``/``queries``
     shape the episodes of a few-shot checkpoint. ``recalibrate_widths="extrapolated"``
     re-estimates BN (``recalibrate_bn`` batches) only at widths outside the trained range,
-    where a shared BN's per-width statistics have a neighbour on one side only."""
+    where a shared BN's per-width statistics have a neighbour on one side only;
+    ``"untrained"`` at every width the model was not trained at (interpolated ones too),
+    keeping the trained widths' own statistics."""
     if recalibrate_widths not in RECALIBRATE_WIDTHS:
-        raise MbqError(f"--recalibrate-widths takes all or extrapolated (got {recalibrate_widths})")
+        raise MbqError(f"--recalibrate-widths takes all, untrained or extrapolated (got {recalibrate_widths})")
     import torch
 
     from .checkpoint import load_checkpoint
@@ -126,7 +128,8 @@ def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]]
     trained = method.trained_bits()
 
     def _recal_batches(s) -> int:
-        if recalibrate_widths == "all" or is_extrapolated(s.w, trained):
+        if (recalibrate_widths == "all" or is_extrapolated(s.w, trained)
+                or (recalibrate_widths == "untrained" and s.w not in trained)):
             return recalibrate_bn
         return 0
 
