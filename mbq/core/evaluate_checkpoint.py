@@ -128,10 +128,9 @@ def evaluate_checkpoint(path: str | Path, *, pairs: list[tuple[int, int | None]]
     trained = method.trained_bits()
 
     def _recal_batches(s) -> int:
-        if (recalibrate_widths == "all" or is_extrapolated(s.w, trained)
-                or (recalibrate_widths == "untrained" and s.w not in trained)):
-            return recalibrate_bn
-        return 0
+        chosen = {"all": True, "untrained": s.w not in trained,  # extrapolated ones included
+                  "extrapolated": is_extrapolated(s.w, trained)}[recalibrate_widths]
+        return recalibrate_bn if chosen else 0
 
     base_state = copy.deepcopy(model.state_dict()) if recalibrate_bn else None
     rows = []
