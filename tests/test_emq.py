@@ -166,8 +166,11 @@ def test_emq_checkpoint_has_shared_bn_and_evaluates_every_width(emq_ckpt, capsys
     assert not any(isinstance(m, SwitchableBatchNorm2d) for m in model.modules())
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(bns) == 2  # one BN per BN site: one affine for every width
-    assert all(m.tracked_widths == [2, 4] for m in bns)  # statistics per trained width (default)
+    # statistics per width (default): the trained ones from training, every other one measured
+    # at the end of training
+    assert all(m.tracked_widths == [1, 2, 3, 4, 5, 6, 7, 8, 16, 32] for m in bns)
     assert json.loads(meta["mbq.coreset"])["fraction"] == 0.5
+    assert json.loads(meta["mbq.coreset"])["untrained_bn_images"] == 512
 
     code, out, err = _main(capsys, ["eval", str(path), "--bits", "all", "--limit", "500", "--json",
                                     "--device", "cpu"])
@@ -195,7 +198,7 @@ def test_eval_recalibrates_only_the_extrapolated_widths_when_asked(emq_ckpt, cap
     assert {k: r["recalibrated_bn"] for k, r in rows.items()} == {"1": 2, "2": None, "3": None, "5": 2, "fp": 2}
     code, out, _ = _main(capsys, base)
     plain = {r["label"]: r["top1"] for r in json.loads(out)["results"]}
-    assert rows["2"]["top1"] == plain["2"] and rows["3"]["top1"] == plain["3"]  # untouched: data-free
+    assert rows["2"]["top1"] == plain["2"] and rows["3"]["top1"] == plain["3"]  # untouched: the checkpoint's
     code, out, _ = _main(capsys, base + ["--recalibrate-bn", "2"])
     every = {r["label"]: r for r in json.loads(out)["results"]}
     assert all(r["recalibrated_bn"] == 2 for r in every.values())
@@ -215,6 +218,34 @@ def test_eval_recalibrates_every_untrained_width_when_asked(emq_ckpt, capsys):
     code, out, _ = _main(capsys, base)
     plain = {r["label"]: r["top1"] for r in json.loads(out)["results"]}
     assert rows["2"]["top1"] == plain["2"] and rows["4"]["top1"] == plain["4"]
+
+
+def test_untrained_widths_statistics_are_measured_after_training_without_changing_the_model(tmp_path):
+    from mbq.core.checkpoint import load_checkpoint
+    from mbq.core.quant import WidthStatsBatchNorm2d
+
+    args = ["--method", "emq", "--bits", "2,4", "--epochs", "1", "--coreset-fraction", "0.5", "--seed", "5"]
+    _train(tmp_path / "m.safetensors", *args)
+    _train(tmp_path / "i.safetensors", *args, "--untrained-bn-images", "0")
+    measured, meta = load_checkpoint(tmp_path / "m.safetensors")
+    interp, meta0 = load_checkpoint(tmp_path / "i.safetensors")
+    assert json.loads(meta0["mbq.coreset"])["untrained_bn_images"] == 0
+    pm, pi = dict(measured.named_parameters()), dict(interp.named_parameters())
+    assert all(torch.equal(pm[k], pi[k]) for k in pm)  # forward passes only: the same weights
+    bm = [m for m in measured.modules() if isinstance(m, WidthStatsBatchNorm2d)]
+    bi = [m for m in interp.modules() if isinstance(m, WidthStatsBatchNorm2d)]
+    assert bm and all(m.tracked_widths == [2, 4] for m in bi)  # 0: interpolated, as the paper
+    assert all(m.tracked_widths == [1, 2, 3, 4, 5, 6, 7, 8, 16, 32] for m in bm)
+    for a, b in zip(bm, bi):
+        for w in (2, 4):  # the trained widths' statistics are training's own
+            assert all(torch.equal(x, y) for x, y in zip(a.width_statistics(w), b.width_statistics(w)))
+        m3, v3 = a.width_statistics(3)
+        assert not torch.equal(m3, b.width_statistics(3)[0]) and bool((v3 > 0).all())
+
+
+def test_untrained_bn_images_bad_input(capsys):
+    code, out, err = _main(capsys, ["train", "--method", "emq", "--untrained-bn-images", "-1", "--epochs", "1"])
+    assert code == 2 and out == "" and "untrained" in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("args, msg", [(["--recalibrate-widths", "extrapolated"], "needs --recalibrate-bn"),

@@ -193,7 +193,7 @@ def test_multibit_bit_all_one_file_per_width_each_agrees(fmt, multibit_ckpt, mni
 
 
 @pytest.mark.parametrize("fmt", ["packed", "onnx"])
-@pytest.mark.parametrize("bit", ["fp", "3"])  # untrained widths: BN statistics of the nearest / interpolated
+@pytest.mark.parametrize("bit", ["fp", "3"])  # untrained widths: their own BN statistics, measured after training
 def test_multibit_untrained_width_and_fp_path_with_clipped_float_inputs(fmt, bit, multibit_ckpt, mnist,
                                                                         tmp_path):
     out = tmp_path / ("m.onnx" if fmt == "onnx" else "m.packed.safetensors")

@@ -323,6 +323,7 @@ def train(cfg: TrainConfig, method: Method, report: Reporter = _null_reporter) -
             if method.done(ctx):
                 report("log", message=f"{cfg.method}: finished early at epoch {epoch + 1}")
                 break
+        method.finish(ctx)
         final = _final_test(ctx)
         train_acc = (metrics or {}).get("train_acc") if method.training_accuracy_transfers() else None
         problems = check_run(final["top1"], method.trained_labels(), method.chance_top1(), losses,

@@ -37,14 +37,18 @@ def predict(model: nn.Module, loader: Iterable) -> torch.Tensor:
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int) -> int:
+def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int,
+                   kinds: type | tuple = nn.modules.batchnorm._BatchNorm) -> int:
     """Re-estimate BatchNorm running statistics on ``num_batches`` batches.
 
     Statistics are reset and averaged cumulatively (momentum=None) so the
-    result does not depend on the previous values. Returns batches used.
+    result does not depend on the previous values. Only BNs of ``kinds`` are
+    re-estimated; the others keep theirs and normalise with them, as in evaluation.
+    Returns batches used.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-           and m.track_running_stats]
+    bns = [m for m in model.modules() if isinstance(m, kinds) and m.track_running_stats]
+    others = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+              and m.track_running_stats and m not in bns]
     if not bns or num_batches <= 0:
         return 0
     saved = [(m, m.momentum) for m in bns]
@@ -53,6 +57,8 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int) -> int:
         m.momentum = None
     was_training = model.training
     model.train()
+    for m in others:
+        m.eval()
     used = 0
     try:
         for i, batch in enumerate(loader):

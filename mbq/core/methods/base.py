@@ -133,6 +133,9 @@ class Method(ABC):
     def end_epoch(self, ctx, epoch: int) -> dict[str, Any]:
         return {}
 
+    def finish(self, ctx) -> None:
+        """After the last epoch, before the final test and save (e.g. measure statistics)."""
+
     def done(self, ctx) -> bool:
         """Stop early (e.g. a target reached); the engine still tests and saves."""
         return False

@@ -20,6 +20,9 @@ from ..coreset.scores import compute_scores
 from ..errors import MbqError
 from ..quant.quantizers import ACT_QUANTIZERS
 from ..quant import FP_BITS, set_bits
+from ..quant.modules import WidthStatsBatchNorm2d
+from ..bitpairs import ALL_WIDTHS
+from ..evaluate import recalibrate_bn
 from ._bn import running_statistics
 from ._multibit import MultiBitMethod, _bits_text, soft_cross_entropy
 from .base import accuracy
@@ -205,6 +208,28 @@ class EMQMethod(MultiBitMethod):
     def end_epoch(self, ctx, epoch: int) -> dict:
         return self.coreset.summary(epoch)
 
+    def finish(self, ctx) -> None:
+        """Measure the per-width BN statistics of every width not trained (forward passes only,
+        no parameter changes), so each serves with statistics of its own, no data at eval."""
+        n_img = self.opts.untrained_bn_images
+        widths = self.untrained_widths()
+        if not n_img or self.opts.bn_stats != "per-width" or not widths:
+            return
+        batch = ctx.cfg.data.batch_size
+        n_batches = max(1, math.ceil(n_img / (batch * ctx.world_size)))
+        ctx.report("log", message=f"emq: measuring BatchNorm statistics at the untrained widths "
+                                  f"{_bits_text(widths)} on {n_batches * batch * ctx.world_size} "
+                                  "training images (--untrained-bn-images; 0 interpolates them)")
+        loader = ctx.loader(shuffle=True, augment=False, seed_offset=4099)
+        for b in widths:
+            set_bits(ctx.model, b, self.cfg.act_bits_for(b))
+            with ctx.autocast():
+                recalibrate_bn(ctx.model, loader, n_batches, kinds=WidthStatsBatchNorm2d)
+
+    def untrained_widths(self) -> list[int]:
+        """Every width the model serves that training did not normalise, ascending (FP last)."""
+        return [b for b in ALL_WIDTHS if b not in self.cfg.bits and self.supports_bits(b)]
+
     # --- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"coreset": self.coreset.state_dict()} if self.coreset is not None else {}
@@ -220,5 +245,6 @@ class EMQMethod(MultiBitMethod):
               "batch": self.child_batch,
               "warmup": 0 if o.coreset else o.coreset_warmup, "warmup_data": o.coreset_warmup_data,
               "child_loss": o.child_loss, "bn_stats": o.bn_stats, "wbc": o.wbc,
+              "untrained_bn_images": o.untrained_bn_images if o.bn_stats == "per-width" else 0,
               "file": str(o.coreset) if o.coreset else None}
         return {"mbq.coreset": cs}

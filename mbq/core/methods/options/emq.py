@@ -24,6 +24,11 @@ GRAD_CLIP = 5.0
 # step doubled (batch 256, 2 epochs, 2 bits at seeds 1 / 2: 92.54 / 89.43 at 5, 96.19 / 96.12
 # at 2; anyprec 93.32 / 94.99; docs/emq.md)
 LARGE_BATCH_GRAD_CLIP = 2.0
+# images on which training's end measures the BN statistics of every width it did not train: the
+# interpolated estimate can miss badly where a width's activation quantization shifts a
+# layer's statistics out of its neighbours' range (5 000 images, seed 1: 3 bits 63.90, 95.55
+# from 256 images, 95.66 from 2 560; docs/emq.md)
+UNTRAINED_BN_IMAGES = 512
 SCORES = ("el2n", "grand", "entropy", "forgetting", "random")
 SAMPLINGS = ("weighted", "stratified", "topk", "random")
 
@@ -78,9 +83,15 @@ class EMQOptions(MultiBitOptions):
     wbc_per_channel: bool = Field(True, description="WBC statistics per output channel (else per tensor)")
     bn_stats: Literal["per-width", "batch", "top"] = Field(
         "per-width", description="shared-BN running statistics: one per trained width under the one shared "
-                             "affine, untrained widths interpolated, no data needed (per-width); one "
+                             "affine, untrained widths measured at the end of training (per-width, see "
+                             "--untrained-bn-images); one "
                              "estimate for all widths (batch); or only the highest width normalises with its batch and the "
                              "lower widths train against the running statistics, as in eval (top)")
+    untrained_bn_images: int = Field(
+        UNTRAINED_BN_IMAGES, ge=0,
+        description="with --bn-stats per-width: at the end of training, measure the BN statistics of "
+                    "every width not trained (3, 5-7, 1, 16, FP of a 2,4,8 model) on this many training "
+                    "images, forward passes only; 0 interpolates them from the trained widths (no data)")
     child_loss: Literal["mean", "sum"] = Field(
         "sum", description="combine the widths' losses into one step: sum (Any-Precision's; every "
                            "width steps as it would alone) or mean (the step does not grow with the "
