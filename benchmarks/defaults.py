@@ -128,6 +128,8 @@ class _Clock:
         elif event == "epoch":
             self.end = time.perf_counter()
             self.losses.append(d["train_loss"])
+        elif event == "trained":  # after the method's finishing pass (EMQ's untrained-width BN)
+            self.end = time.perf_counter()
             _log(f"    epoch {d['epoch']}: loss {d['train_loss']:.3f}  {d['wall_s']:.1f}s")
 
 

@@ -68,6 +68,9 @@ class _Clock:
             self.cpu_end = time.process_time()
             self.log(f"    epoch {d['epoch']}: loss {d['train_loss']:.3f}  "
                      f"{d.get('coreset_size', '')} imgs/width  {d['wall_s']:.1f}s")
+        elif event == "trained":  # after the method's finishing pass (EMQ's untrained-width BN)
+            self.epochs.append(time.perf_counter())
+            self.cpu_end = time.process_time()
 
     @property
     def seconds(self) -> float:

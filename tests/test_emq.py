@@ -224,8 +224,18 @@ def test_untrained_widths_statistics_are_measured_after_training_without_changin
     from mbq.core.checkpoint import load_checkpoint
     from mbq.core.quant import WidthStatsBatchNorm2d
 
+    from mbq.cli.train import resolve_config
+    from mbq.core.engine import train
+    from mbq.core.methods import create_method
+
     args = ["--method", "emq", "--bits", "2,4", "--epochs", "1", "--coreset-fraction", "0.5", "--seed", "5"]
-    _train(tmp_path / "m.safetensors", *args)
+    cfg = resolve_config(["--out", str(tmp_path / "m.safetensors"), *SMALL, *args])
+    events = []
+    train(cfg, create_method(cfg), lambda event, **d: events.append((event, d.get("message", ""))))
+    names = [e for e, _ in events]
+    measuring = next(i for i, (e, m) in enumerate(events) if "measuring BatchNorm statistics" in m)
+    # measured after the last epoch, inside training's time (benchmarks stop their clocks at "trained")
+    assert names.index("epoch") < measuring < names.index("trained") < names.index("done")
     _train(tmp_path / "i.safetensors", *args, "--untrained-bn-images", "0")
     measured, meta = load_checkpoint(tmp_path / "m.safetensors")
     interp, meta0 = load_checkpoint(tmp_path / "i.safetensors")

@@ -29,6 +29,8 @@ from .errors import MbqError, RunFailed
 from .health import check_run
 from .methods.base import Method
 
+# called as report(event, **data); events: "start", "step", "epoch", "trained" (the epochs
+# and the method's finishing pass are done; the final test follows), "done", "log"
 Reporter = Callable[..., None]
 
 
@@ -324,6 +326,7 @@ def train(cfg: TrainConfig, method: Method, report: Reporter = _null_reporter) -
                 report("log", message=f"{cfg.method}: finished early at epoch {epoch + 1}")
                 break
         method.finish(ctx)
+        report("trained")  # training's work ends here (the final test follows)
         final = _final_test(ctx)
         train_acc = (metrics or {}).get("train_acc") if method.training_accuracy_transfers() else None
         problems = check_run(final["top1"], method.trained_labels(), method.chance_top1(), losses,

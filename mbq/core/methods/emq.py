@@ -213,13 +213,15 @@ class EMQMethod(MultiBitMethod):
         no parameter changes), so each serves with statistics of its own, no data at eval."""
         n_img = self.opts.untrained_bn_images
         widths = self.untrained_widths()
-        if not n_img or self.opts.bn_stats != "per-width" or not widths:
+        has_rows = any(isinstance(m, WidthStatsBatchNorm2d) for m in ctx.model.modules())
+        if not n_img or not has_rows or not widths:
             return
         batch = ctx.cfg.data.batch_size
         n_batches = max(1, math.ceil(n_img / (batch * ctx.world_size)))
+        used = min(n_batches * batch * ctx.world_size, len(ctx.train_set))
         ctx.report("log", message=f"emq: measuring BatchNorm statistics at the untrained widths "
-                                  f"{_bits_text(widths)} on {n_batches * batch * ctx.world_size} "
-                                  "training images (--untrained-bn-images; 0 interpolates them)")
+                                  f"{_bits_text(widths)} on {used} training images "
+                                  "(--untrained-bn-images; 0 interpolates them)")
         loader = ctx.loader(shuffle=True, augment=False, seed_offset=4099)
         for b in widths:
             set_bits(ctx.model, b, self.cfg.act_bits_for(b))
