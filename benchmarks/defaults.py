@@ -128,9 +128,9 @@ class _Clock:
         elif event == "epoch":
             self.end = time.perf_counter()
             self.losses.append(d["train_loss"])
+            _log(f"    epoch {d['epoch']}: loss {d['train_loss']:.3f}  {d['wall_s']:.1f}s")
         elif event == "trained":  # after the method's finishing pass (EMQ's untrained-width BN)
             self.end = time.perf_counter()
-            _log(f"    epoch {d['epoch']}: loss {d['train_loss']:.3f}  {d['wall_s']:.1f}s")
 
 
 def run_one(cell_name: str, method: str, folder: Path, seed: int) -> dict:

@@ -217,6 +217,20 @@ def test_benchmark_runs_are_mbq_train_argv_without_optimizer_flags(tmp_path):
             resolve_config(argv)  # every run is a valid mbq train command
 
 
+def test_benchmark_clock_times_training_to_the_end_of_the_finishing_pass(monkeypatch, capsys):
+    bench = _bench()
+    ticks = iter([1.0, 5.0, 9.0])
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(ticks))
+    clock = bench._Clock()
+    clock("start", epochs=1)
+    clock("epoch", epoch=1, train_loss=0.5, wall_s=4.0)
+    clock("log", message="emq: measuring BatchNorm statistics")
+    clock("trained")
+    clock("done", test={}, out="x")
+    assert (clock.start, clock.end, clock.losses) == (1.0, 9.0, [0.5])
+    assert "epoch 1: loss 0.500" in capsys.readouterr().err
+
+
 def test_benchmark_runs_episodic_methods_on_episodic_cells_only():
     bench = _bench()
     assert bench.fits("fs-cnn", "mebqat-pn") and not bench.fits("fs-cnn", "anyprec")
