@@ -61,12 +61,11 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int,
         m.eval()
     used = 0
     try:
-        with torch.no_grad():
-            for i, batch in enumerate(loader):
-                if i >= num_batches:
-                    break
-                model(batch.x)
-                used += 1
+        for i, batch in enumerate(loader):
+            if i >= num_batches:
+                break
+            model(batch.x)
+            used += 1
     finally:
         for m, mom in saved:
             m.momentum = mom
