@@ -13,16 +13,16 @@ from contextlib import nullcontext
 import torch
 from torch.nn import functional as F
 
+from ..bitpairs import ALL_WIDTHS
 from ..coreset.bitwise import BitwiseCoreset
 from ..coreset.io import check_matches, read_coreset
 from ..coreset.sampling import mix_seed
 from ..coreset.scores import compute_scores
 from ..errors import MbqError
-from ..quant.quantizers import ACT_QUANTIZERS
+from ..evaluate import recalibrate_bn
 from ..quant import FP_BITS, set_bits
 from ..quant.modules import WidthStatsBatchNorm2d
-from ..bitpairs import ALL_WIDTHS
-from ..evaluate import recalibrate_bn
+from ..quant.quantizers import ACT_QUANTIZERS
 from ._bn import running_statistics
 from ._multibit import MultiBitMethod, _bits_text, soft_cross_entropy
 from .base import accuracy
