@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -133,6 +134,23 @@ class _Clock:
             self.end = time.perf_counter()
 
 
+def code_stamp(root: Path = HERE.parent) -> dict:
+    """Which library measured a row: the git tree of mbq/ (unchanged by docs or benchmark
+    commits), the commit, and whether mbq/ had uncommitted changes. Empty outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        return {"tree": git("rev-parse", "--short=10", "HEAD:mbq"), "commit": git("rev-parse", "--short=10", "HEAD"),
+                "dirty": bool(git("status", "--porcelain", "--", "mbq")), "date": time.strftime("%Y-%m-%d")}
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+
+
+def _code_text(row: dict) -> str:
+    code = row.get("code") or {}
+    return (code["tree"][:7] + ("+" if code.get("dirty") else "")) if code.get("tree") else "—"
+
+
 def run_one(cell_name: str, method: str, folder: Path, seed: int) -> dict:
     from mbq.cli.train import resolve_config
     from mbq.core.engine import train
@@ -149,7 +167,8 @@ def run_one(cell_name: str, method: str, folder: Path, seed: int) -> dict:
             "optim": cfg.optim.model_dump(include={"optimizer", "lr", "weight_decay", "warmup_epochs",
                                                    "warmup_fraction", "grad_clip"}),
             "train_s": clock.end - clock.start, "total_s": time.perf_counter() - t0,
-            "train_loss": clock.losses, "top1": top1, "problems": health.get("problems", [])}
+            "train_loss": clock.losses, "top1": top1, "problems": health.get("problems", []),
+            "code": code_stamp()}
 
 
 # --- targets ------------------------------------------------------------------------------
@@ -232,8 +251,8 @@ def _cfg_text(c: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| cell | method | configuration | optimizer (resolved) | top-1 per width | train s |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| cell | method | configuration | optimizer (resolved) | top-1 per width | train s | mbq/ |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         o = r["optim"]
         warm = (f", warm-up {o['warmup_fraction']:g} of run" if o.get("warmup_fraction")
@@ -243,18 +262,30 @@ def table(rows: list[dict]) -> str:
         bits = f" bits {r['config']['bits']}" if _spec(r).get("bits") else ""
         widths = " · ".join(f"{k}: {v:.2f}" for k, v in r["top1"].items())
         lines.append(f"| {r['cell']} | {r.get('name', r['method'])} | {_cfg_text(r['config'])}{bits} | "
-                     f"{o['optimizer']} {o['lr']:.4g}{warm} | {widths} | {r['train_s']:.0f} |")
+                     f"{o['optimizer']} {o['lr']:.4g}{warm} | {widths} | {r['train_s']:.0f} | {_code_text(r)} |")
     if any(r.get("problems") for r in rows):
         lines += ["", "Health check failures: " + "; ".join(
             f"{r['cell']}/{r.get('name', r['method'])}: {p}" for r in rows for p in r.get("problems", []))]
     return "\n".join(lines)
 
 
+def code_summary(rows: list[dict]) -> str:
+    """One line on which library code measured the rows (the table's last column)."""
+    trees: dict[str, int] = {}
+    for r in rows:
+        trees[_code_text(r)] = trees.get(_code_text(r), 0) + 1
+    parts = [f"`{t}` {n} rows" if t != "—" else f"{n} rows before the stamp was recorded"
+             for t, n in sorted(trees.items(), key=lambda kv: -kv[1])]
+    head = ("Every row measured on one library tree" if len(trees) == 1 and "—" not in trees
+            else "Library code (`mbq/` git tree, `+` = uncommitted changes)")
+    return f"{head}: " + "; ".join(parts) + "."
+
+
 def write_doc(rows: list[dict], checks: dict[str, list[str]], commands: list[str]) -> None:
     begin, end = "<!-- defaults:begin -->", "<!-- defaults:end -->"
     body = [begin, "Measured with " + ", then ".join(f"`{c}`" for c in commands)
             + " (seed 0, CPU, 2 threads; later runs replace a cell's rows of the same method).",
-            "", table(rows), ""]
+            "", code_summary(rows), "", table(rows), ""]
     for cell, lines in checks.items():
         body += [f"**{cell}**", "", *[f"- `{ln}`" for ln in lines], ""]
     body.append(end)

@@ -231,6 +231,20 @@ def test_benchmark_clock_times_training_to_the_end_of_the_finishing_pass(monkeyp
     assert "epoch 1: loss 0.500" in capsys.readouterr().err
 
 
+def test_benchmark_rows_name_the_library_code_that_measured_them(tmp_path):
+    bench = _bench()
+    assert bench.code_stamp(tmp_path) == {}  # not a git checkout: no stamp, no error
+    cell = dict(bench.CELLS["c2e-r20"])
+    row = {"cell": "c2e-r20", "method": "fp", "config": cell, "top1": {"fp": 98.0}, "train_s": 4,
+           "optim": {"optimizer": "sgd", "lr": 0.1}}
+    same = [dict(row, code={"tree": "abcdef1234", "commit": "1"}), dict(row, code={"tree": "abcdef1234", "commit": "2"})]
+    assert bench.code_summary(same).startswith("Every row measured on one library tree: `abcdef1` 2 rows")
+    mixed = same + [dict(row, code={"tree": "0123456789", "dirty": True}), row]
+    summary = bench.code_summary(mixed)
+    assert "`0123456+` 1 rows" in summary and "1 rows before the stamp" in summary
+    assert bench.table(mixed).splitlines()[-1].endswith("| — |")
+
+
 def test_benchmark_runs_episodic_methods_on_episodic_cells_only():
     bench = _bench()
     assert bench.fits("fs-cnn", "mebqat-pn") and not bench.fits("fs-cnn", "anyprec")
