@@ -135,20 +135,26 @@ class _Clock:
 
 
 def code_stamp(root: Path = HERE.parent) -> dict:
-    """Which library measured a row: the git tree of mbq/ (unchanged by docs or benchmark
-    commits), the commit, and whether mbq/ had uncommitted changes. Empty outside git."""
+    """Which code measured a row: the git tree of mbq/ (unchanged by docs or benchmark
+    commits), the commit, whether mbq/ had uncommitted changes, and torch's version (CPU
+    float reductions, and so a run's trajectory, differ between torch builds). Empty outside git."""
+    import torch
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
     try:
         return {"tree": git("rev-parse", "--short=10", "HEAD:mbq"), "commit": git("rev-parse", "--short=10", "HEAD"),
-                "dirty": bool(git("status", "--porcelain", "--", "mbq")), "date": time.strftime("%Y-%m-%d")}
+                "dirty": bool(git("status", "--porcelain", "--", "mbq")), "date": time.strftime("%Y-%m-%d"),
+                "torch": torch.__version__}
     except (OSError, subprocess.CalledProcessError):
         return {}
 
 
 def _code_text(row: dict) -> str:
     code = row.get("code") or {}
-    return (code["tree"][:7] + ("+" if code.get("dirty") else "")) if code.get("tree") else "—"
+    if not code.get("tree"):
+        return "—"
+    return code["tree"][:7] + ("+" if code.get("dirty") else "") + (f", torch {code['torch']}" if code.get("torch") else "")
 
 
 def run_one(cell_name: str, method: str, folder: Path, seed: int) -> dict:
@@ -251,7 +257,7 @@ def _cfg_text(c: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| cell | method | configuration | optimizer (resolved) | top-1 per width | train s | mbq/ |",
+    lines = ["| cell | method | configuration | optimizer (resolved) | top-1 per width | train s | code |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         o = r["optim"]
@@ -277,7 +283,7 @@ def code_summary(rows: list[dict]) -> str:
     parts = [f"`{t}` {n} rows" if t != "—" else f"{n} rows before the stamp was recorded"
              for t, n in sorted(trees.items(), key=lambda kv: -kv[1])]
     head = ("Every row measured on one library tree" if len(trees) == 1 and "—" not in trees
-            else "Library code (`mbq/` git tree, `+` = uncommitted changes)")
+            else "Code that measured the rows (`mbq/` git tree, `+` = uncommitted changes)")
     return f"{head}: " + "; ".join(parts) + "."
 
 

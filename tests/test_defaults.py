@@ -239,9 +239,9 @@ def test_benchmark_rows_name_the_library_code_that_measured_them(tmp_path):
            "optim": {"optimizer": "sgd", "lr": 0.1}}
     same = [dict(row, code={"tree": "abcdef1234", "commit": "1"}), dict(row, code={"tree": "abcdef1234", "commit": "2"})]
     assert bench.code_summary(same).startswith("Every row measured on one library tree: `abcdef1` 2 rows")
-    mixed = same + [dict(row, code={"tree": "0123456789", "dirty": True}), row]
+    mixed = same + [dict(row, code={"tree": "0123456789", "dirty": True, "torch": "2.1"}), row]
     summary = bench.code_summary(mixed)
-    assert "`0123456+` 1 rows" in summary and "1 rows before the stamp" in summary
+    assert "`0123456+, torch 2.1` 1 rows" in summary and "1 rows before the stamp" in summary
     assert bench.table(mixed).splitlines()[-1].endswith("| — |")
 
 
