@@ -287,11 +287,23 @@ def code_summary(rows: list[dict]) -> str:
     return f"{head}: " + "; ".join(parts) + "."
 
 
+def target_summary(checks: dict[str, list[str]]) -> str:
+    """One row per cell: how many of its targets are met, and each miss in a few words."""
+    lines = ["| cell | targets met | misses |", "|---|---|---|"]
+    for cell, found in checks.items():
+        judged = [ln for ln in found if ln.startswith(("ok", "MISS"))]
+        misses = [ln[4:].strip() for ln in judged if ln.startswith("MISS")]
+        lines.append(f"| {cell} | {len(judged) - len(misses)} of {len(judged)} | "
+                     + ("; ".join(misses).replace("|", "/") or "—") + " |")
+    return "\n".join(lines)
+
+
 def write_doc(rows: list[dict], checks: dict[str, list[str]], commands: list[str]) -> None:
     begin, end = "<!-- defaults:begin -->", "<!-- defaults:end -->"
     body = [begin, "Measured with " + ", then ".join(f"`{c}`" for c in commands)
             + " (seed 0, CPU, 2 threads; later runs replace a cell's rows of the same method).",
-            "", code_summary(rows), "", table(rows), ""]
+            "", code_summary(rows), "", table(rows), "", "Targets (issue 14) per cell:", "",
+            target_summary(checks), ""]
     for cell, lines in checks.items():
         body += [f"**{cell}**", "", *[f"- `{ln}`" for ln in lines], ""]
     body.append(end)

@@ -280,6 +280,11 @@ def test_benchmark_targets_fire_on_a_gap():
     assert any(ln.startswith("MISS") and "untrained 5" in ln for ln in lines)
     assert any("4.00x" in ln for ln in lines)
     assert any(ln.startswith("MISS") and "emq 2..8 bits >= 97%" in ln for ln in lines)
+    summary = bench.target_summary({"c2e-r20": lines}).splitlines()[-1]
+    judged = [ln for ln in lines if ln.startswith(("ok", "MISS"))]
+    missed = [ln for ln in judged if ln.startswith("MISS")]
+    assert summary.startswith(f"| c2e-r20 | {len(judged) - len(missed)} of {len(judged)} |")
+    assert "emq width 4" in summary and "emq width 8" not in summary
 
 
 def test_benchmark_97_target_judges_only_widths_a_run_trains():
