@@ -15,7 +15,8 @@ that ``mbq train`` prints, at the widths each method evaluates by default (EMQ:
 
 Results go to benchmarks/results/defaults.json (rewritten after every run, so an
 interrupted sweep keeps what it measured) and, with --table, to the table in
-docs/benchmarks.md. Training time runs from the engine's start event to the end of the
+docs/benchmarks.md. Each row records the code that measured it (the git tree of mbq/, the
+commit, torch's version); the table's last column shows it. Training time runs from the engine's start event to the end of the
 last epoch (steps, warm-up, coreset scoring, checkpoint writes; not the final test).
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -173,8 +175,7 @@ def run_one(cell_name: str, method: str, folder: Path, seed: int) -> dict:
             "optim": cfg.optim.model_dump(include={"optimizer", "lr", "weight_decay", "warmup_epochs",
                                                    "warmup_fraction", "grad_clip"}),
             "train_s": clock.end - clock.start, "total_s": time.perf_counter() - t0,
-            "train_loss": clock.losses, "top1": top1, "problems": health.get("problems", []),
-            "code": code_stamp()}
+            "train_loss": clock.losses, "top1": top1, "problems": health.get("problems", [])}
 
 
 # --- targets ------------------------------------------------------------------------------
@@ -277,11 +278,9 @@ def table(rows: list[dict]) -> str:
 
 def code_summary(rows: list[dict]) -> str:
     """One line on which library code measured the rows (the table's last column)."""
-    trees: dict[str, int] = {}
-    for r in rows:
-        trees[_code_text(r)] = trees.get(_code_text(r), 0) + 1
+    trees = Counter(_code_text(r) for r in rows)
     parts = [f"`{t}` {n} rows" if t != "—" else f"{n} rows before the stamp was recorded"
-             for t, n in sorted(trees.items(), key=lambda kv: -kv[1])]
+             for t, n in trees.most_common()]
     head = ("Every row measured on one library tree" if len(trees) == 1 and "—" not in trees
             else "Code that measured the rows (`mbq/` git tree, `+` = uncommitted changes)")
     return f"{head}: " + "; ".join(parts) + "."
@@ -371,12 +370,13 @@ def main(argv: list[str] | None = None) -> None:
     command = "python benchmarks/defaults.py " + " ".join(argv if argv is not None else sys.argv[1:])
     commands = [c for c in previous.get("commands", []) if c != command] + [command]
     rows: list[dict] = []
+    stamp = code_stamp()  # taken before the first run imports mbq: the code every row runs
     with tempfile.TemporaryDirectory() as tmp:
         for c, ms in plan.items():
             for m in ms:
                 _log(f"{c} / {m}")
                 row = run_one(c, m, Path(tmp), a.seed)
-                row["command"] = command
+                row["command"], row["code"] = command, stamp
                 _log(f"  {m}: {row['train_s']:.0f}s  " + "  ".join(f"{k}:{v:.2f}" for k, v in row["top1"].items()))
                 rows.append(row)
                 doc = _write_results(a.out, _merged(previous, rows), commands)
