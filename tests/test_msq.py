@@ -12,7 +12,7 @@ from mbq.core.bitprune import (LayerBits, Prune, compression, forced_round, k_ru
 from mbq.core.checkpoint import load_checkpoint, read_checkpoint
 from mbq.core.config import TrainConfig
 from mbq.core.methods import create_method
-from mbq.core.quant import compression_ratio, functional as QF
+from mbq.core.quant import compression_ratio, functional as QF, quantized_layers
 
 
 runner = CliRunner()
@@ -47,8 +47,35 @@ def _msq(tmp_path, **opts):
     return method, model
 
 
-def test_regularizer_gradient_is_sign_over_n_total(tmp_path):
-    method, model = _msq(tmp_path)
+def test_roundclamp_channel_scale_keeps_the_lsb_property():
+    # three output channels with ranges 1, 0.5 and 0.25: one grid per channel, the same codes
+    s = torch.tensor([1.0, 0.5, 0.25]).reshape(3, 1)
+    codes = torch.arange(-8, 8, dtype=torch.float32).repeat(3, 1)
+    w = codes / 8 * s
+    scale = QF.roundclamp_scale(w, per_channel=True)
+    assert scale.shape == (3, 1) and torch.equal(scale, s)
+    assert QF.roundclamp_scale(w).shape == () and QF.roundclamp_scale(w).item() == 1.0
+    assert torch.equal(QF.roundclamp_codes(w, 4, scale), codes)
+    for k in (1, 2, 3):
+        assert torch.equal(QF.lsb_residual(w, 4, k, scale) == 0, codes.remainder(2 ** k) == 0)
+    # the per-layer range puts the narrow channels on few codes: 2 bits keep 2 of 16 weights there
+    assert (QF.roundclamp_weight(w, 2)[2] != 0).sum() < (QF.roundclamp_weight(w, 2, scale)[2] != 0).sum()
+
+
+def test_channel_scale_is_roundclamp_only():
+    from pydantic import ValidationError
+
+    from mbq.core.config import QuantConfig
+
+    with pytest.raises(ValidationError, match="RoundClamp"):
+        QuantConfig(weight="dorefa", w_scale="channel")
+    assert QuantConfig().w_scale == "tensor"  # what every checkpoint before the field used
+
+
+@pytest.mark.parametrize("weight_scale", ["channel", "tensor"])
+def test_regularizer_gradient_is_sign_over_n_total(tmp_path, weight_scale):
+    method, model = _msq(tmp_path, weight_scale=weight_scale)
+    assert all(m.weight_quant.per_channel == (weight_scale == "channel") for _, m in method._layers)
     method.k = {"conv1": 2, "conv2": 1, "fc1": 2, "fc2": 1}
     reg = method._lsb_reg()
     reg.backward()
@@ -56,23 +83,24 @@ def test_regularizer_gradient_is_sign_over_n_total(tmp_path):
     assert n_total == method._n_total == 144 + 4608 + 200704 + 1280  # first/last are pruned too
     total = 0.0
     for name, m in method._layers:
-        res = QF.lsb_residual(m.weight, m.bits[0], method.k[name], m.weight.detach().abs().max())
+        scale = QF.roundclamp_scale(m.weight, weight_scale == "channel")
+        res = QF.lsb_residual(m.weight, m.bits[0], method.k[name], scale)
         assert torch.allclose(m.weight.grad, torch.sign(res) / n_total)
         total += res.abs().sum().item()
     assert reg.item() == pytest.approx(total / n_total)
 
 
-def test_pruning_zero_lsb_layer_keeps_dequantized_weights(tmp_path):
-    method, model = _msq(tmp_path, init_bits=6)
+@pytest.mark.parametrize("weight_scale", ["channel", "tensor"])
+def test_pruning_zero_lsb_layer_keeps_dequantized_weights(tmp_path, weight_scale):
+    method, model = _msq(tmp_path, init_bits=6, weight_scale=weight_scale)
     layer = dict(method._layers)["conv2"]
     g = torch.Generator().manual_seed(0)
     step6 = 1 / 32  # max|w| = 1 -> 6-bit step 1/2^5
     codes = torch.randint(-7, 8, layer.weight.shape, generator=g) * 4  # two zero LSBs, inside ±1
-    codes.view(-1)[0] = -32  # fixes max|w| = 1
     with torch.no_grad():
         layer.weight.copy_(codes * step6 + (torch.rand(layer.weight.shape, generator=g) - 0.5) * step6 * 0.9)
-        layer.weight.view(-1)[0] = -1.0
-    assert lsb_nonzero_rate(layer.weight, 6, 2) == 0.0
+        layer.weight[:, 0, 0, 0] = -1.0  # max|w| = 1 in every channel (code -32)
+    assert lsb_nonzero_rate(layer.weight, 6, 2, layer.weight_quant.scale(layer.weight)) == 0.0
     before = layer.quantized_weight().detach().clone()
     layers = [LayerBits(n, m.weight.numel(), m.bits[0]) for n, m in method._layers]
     bits, events = msq_round(layers, {"conv2": 2}, {"conv2": 0.0}, 0.3, target=None)
@@ -150,6 +178,8 @@ def test_msq_train_reaches_target_and_records_history(msq_run):
         last = [h for h in hist if h["layer"] == name]
         assert wa["w"] == (last[-1]["after"] if last else 8)
         assert wa["a"] == 32
+    assert meta["mbq.config"]["quant"]["w_scale"] == "channel"  # the default, rebuilt as such
+    assert all(m.weight_quant.per_channel for _, m in quantized_layers(model))
     lines = [json.loads(line) for line in open(str(out).replace(".safetensors", ".metrics.jsonl"))]
     assert lines[-1]["compression"] == pytest.approx(compression_ratio(model))
     assert "avg_bits" in lines[-1] and "lsb_reg" in lines[0]
@@ -206,3 +236,13 @@ def test_msq_one_epoch_is_refused(tmp_path, capsys):
                           "--val-size", "0", "--epochs", "1", "--out", tmp_path / "x.safetensors",
                           "--device", "cpu", "--quiet"], capsys)
     assert code == 2 and "--epochs 2 or more" in err and len(err.strip().splitlines()) == 1
+
+
+def test_qat_fine_tune_keeps_the_msq_range(msq_run):
+    _, out = msq_run
+    cfg = TrainConfig.model_validate({"method": "qat", "bits": [4], "model": {
+        "arch": "cnn", "num_classes": 10, "in_channels": 1, "image_size": 28, "init": str(out)}})
+    method = create_method(cfg)
+    method.adopt_init(read_checkpoint(out)[1])
+    assert method.cfg.quant.weight == "roundclamp" and method.cfg.quant.w_scale == "channel"
+    assert all(m.weight_quant.per_channel for _, m in quantized_layers(method.build_model()))

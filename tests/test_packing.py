@@ -63,7 +63,9 @@ CASES = ([("dorefa", b, {}) for b in range(1, 9)]
          + [("lsq", b, {}) for b in (2, 3, 4, 8)]
          + [("dorefa", b, {"wbc": True, "fp_path": "tanh"}) for b in (1, 2, 4, 8)]
          + [("dorefa", 3, {"wbc": True, "fp_path": "tanh", "wbc_per_channel": False}),
-            ("roundclamp", 4, {"wbc": True})])
+            ("roundclamp", 4, {"wbc": True})]
+         + [("roundclamp", b, {"w_scale": "channel"}) for b in (2, 3, 4, 8)]
+         + [("roundclamp", 4, {"w_scale": "channel", "wbc": True})])
 
 
 @pytest.mark.parametrize("kind", ["conv", "linear"])
@@ -78,7 +80,7 @@ def test_codes_reproduce_the_fake_quantized_weight(kind, weight, bits, extra):
     assert lo <= int(wc.codes.min()) and int(wc.codes.max()) <= hi
     assert len(torch.unique(wc.codes)) > 1
     assert torch.allclose(wc.dequantize(), target, rtol=0, atol=1e-6 * float(target.abs().max()))
-    per_channel = extra.get("wbc") and extra.get("wbc_per_channel", True)
+    per_channel = (extra.get("wbc") and extra.get("wbc_per_channel", True)) or extra.get("w_scale") == "channel"
     assert (wc.scale.numel() > 1) == bool(per_channel)
 
 

@@ -153,9 +153,10 @@ def greedy_to_target(layers: list[LayerBits], omega_at: Mapping[str, Mapping[int
     return bits, steps
 
 
-def lsb_nonzero_rate(w, bits: int, k: int) -> float:
-    """Fraction of a layer's weights whose k LSBs are not zero at ``bits`` (RoundClamp)."""
-    from .quant.functional import lsb_residual
+def lsb_nonzero_rate(w, bits: int, k: int, scale=None) -> float:
+    """Fraction of a layer's weights whose k LSBs are not zero at ``bits`` (RoundClamp with
+    range ``scale``; None: max|w| over the layer)."""
+    from .quant.functional import lsb_residual, roundclamp_scale
 
-    scale = w.detach().abs().max()
+    scale = roundclamp_scale(w) if scale is None else scale
     return (lsb_residual(w, bits, k, scale) != 0).float().mean().item()

@@ -87,6 +87,9 @@ class QuantConfig(_Strict):
     a_bits: int = 32
     first_last_bits: int = 32
     fp_path: Literal["identity", "tanh"] = "identity"
+    # RoundClamp's range: max|w| per layer or per output channel. Absent from checkpoints
+    # written before the field existed, which were all per layer.
+    w_scale: Literal["tensor", "channel"] = "tensor"
     wbc: bool = False
     wbc_detach: bool = False
     wbc_per_channel: bool = True
@@ -97,6 +100,12 @@ class QuantConfig(_Strict):
     @classmethod
     def _bits_ok(cls, v):
         return check_bits(v)
+
+    @model_validator(mode="after")
+    def _scale_ok(self):
+        if self.w_scale == "channel" and self.weight != "roundclamp":
+            raise ValueError(f"w_scale 'channel' is a RoundClamp range; the {self.weight} quantizer has its own")
+        return self
 
 
 class OptimConfig(_Strict):

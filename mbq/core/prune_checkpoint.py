@@ -77,7 +77,8 @@ def prune_checkpoint(path: str | Path, out: str | Path, *, target: float | None 
         events = [dict(s, rule="greedy", omega=omega_at[s["layer"]][s["after"]]) for s in steps]
     else:
         ks = {n: r["k"] for n, r in rows.items()}
-        rates = {n: lsb_nonzero_rate(mods[n].weight, before[n], k) for n, k in ks.items() if k > 0}
+        rates = {n: lsb_nonzero_rate(mods[n].weight, before[n], k, mods[n].weight_quant.scale(mods[n].weight))
+                 for n, k in ks.items() if k > 0}
         bits, pruned = msq_round(lbits, ks, rates, alpha, target)
         events = [{"layer": p.layer, "before": p.before, "after": p.after, "rule": "msq",
                    "omega": rows[p.layer]["omega"], "rate": rates[p.layer]} for p in pruned]

@@ -85,10 +85,10 @@ def _dorefa(layer, wq: torch.Tensor, bits: int) -> WeightCodes:
 
 def _roundclamp(layer, wq: torch.Tensor, bits: int) -> WeightCodes:
     w = layer.weight.detach()
-    scale = w.abs().max()  # RoundClampWeight's range: max|w| over the layer
+    scale = layer.weight_quant.scale(w)  # per layer, or [C, 1, ...] per output channel
     q = F.roundclamp_codes(w, bits, scale).long()
-    step = F.roundclamp_step(scale.double(), bits).reshape(1)
-    return WeightCodes(q, bits, True, step, torch.zeros(1, dtype=torch.float64), "roundclamp")
+    step = F.roundclamp_step(scale.double(), bits).reshape(-1)
+    return WeightCodes(q, bits, True, step, torch.zeros_like(step), "roundclamp")
 
 
 def _on_step(wq: torch.Tensor, step: torch.Tensor, bits: int, name: str) -> WeightCodes:

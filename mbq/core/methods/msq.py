@@ -33,8 +33,9 @@ class MSQMethod(Method):
         act = FP_BITS if cfg.act_bits == "same" else cfg.act_bits_for(opts.init_bits)
         first_last = opts.init_bits if opts.prune_first_last else cfg.quant.first_last_bits
         # written back into the config so a rebuilt model (eval, qat --init) has the same layers
-        cfg.quant = cfg.quant.model_copy(update={"weight": "roundclamp", "w_bits": opts.init_bits,
-                                                 "a_bits": act, "first_last_bits": first_last})
+        cfg.quant = cfg.quant.model_copy(update={"weight": "roundclamp", "w_scale": opts.weight_scale,
+                                                 "w_bits": opts.init_bits, "a_bits": act,
+                                                 "first_last_bits": first_last})
         self.k: dict[str, int] = {}
         self.omega: dict[str, float] = {}
         self.history: list[dict] = []
@@ -123,8 +124,8 @@ class MSQMethod(Method):
 
     def _lsb_reg(self) -> torch.Tensor | None:
         """R = Σ_layers Σ_i |L_k,i| / N_total; its gradient is sign(L_k) / N_total."""
-        terms = [lsb_penalty(m.weight, m.bits[0], self.k[n]) for n, m in self._layers
-                 if self.k.get(n, 0) > 0]
+        terms = [lsb_penalty(m.weight, m.bits[0], self.k[n], m.weight_quant.scale(m.weight))
+                 for n, m in self._layers if self.k.get(n, 0) > 0]
         return torch.stack(terms).sum() / self._n_total if terms else None
 
     def end_epoch(self, ctx, epoch: int) -> dict:
@@ -150,8 +151,8 @@ class MSQMethod(Method):
 
     def _rates(self) -> dict[str, float]:
         """LSB non-zero rate of each layer at its current k."""
-        return {n: lsb_nonzero_rate(m.weight, m.bits[0], self.k[n]) for n, m in self._layers
-                if self.k.get(n, 0) > 0}
+        return {n: lsb_nonzero_rate(m.weight, m.bits[0], self.k[n], m.weight_quant.scale(m.weight))
+                for n, m in self._layers if self.k.get(n, 0) > 0}
 
     def _prune_round(self, ctx, e: int, forced: bool, rates: dict[str, float]) -> None:
         o = self.opts

@@ -38,7 +38,7 @@ class QATMethod(Method):
             self.opts.scheme = scheme
             self.cfg.options["scheme"] = scheme
             q = (meta.get("mbq.config") or {}).get("quant") or {}
-            keep = {k: q[k] for k in ("weight", "act", "first_last_bits", "fp_path") if k in q}
+            keep = {k: q[k] for k in ("weight", "w_scale", "act", "first_last_bits", "fp_path") if k in q}
             self.cfg.quant = self.cfg.quant.model_copy(update=keep)
 
     def train_step(self, ctx, batch) -> dict[str, float]:

@@ -49,7 +49,7 @@ def quantize_model(model: nn.Module, qconfig) -> nn.Module:
     first, last = _first_last(model)
     base = dict(weight_quant=qconfig.weight, act_quant=qconfig.act, fp_path=qconfig.fp_path,
                 wbc=qconfig.wbc, wbc_detach=qconfig.wbc_detach,
-                wbc_per_channel=qconfig.wbc_per_channel)
+                wbc_per_channel=qconfig.wbc_per_channel, w_scale=getattr(qconfig, "w_scale", "tensor"))
     targets = [(n, m) for n, m in model.named_modules()
                if type(m) in (nn.Conv2d, nn.Linear)]
     for name, m in targets:

@@ -196,6 +196,16 @@ def lsq_init_step(x: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
 
 # --- RoundClamp (MSQ) ----------------------------------------------------------
 
+def roundclamp_scale(w: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
+    """The grid's range s (detached): max|w| over the layer, or over each output channel
+    (shape [C, 1, ...], broadcasting against ``w``). It does not depend on the width, so the
+    (n-k)-bit grid stays the n-bit codes with k zero LSBs either way."""
+    a = w.detach().abs()
+    if not per_channel or a.dim() < 2:
+        return a.max()
+    return a.amax(dim=tuple(range(1, a.dim())), keepdim=True)
+
+
 def roundclamp_step(scale: torch.Tensor, bits: int) -> torch.Tensor:
     """Step of the n-bit two's-complement grid: s / 2^(n-1)."""
     return scale / (1 << (bits - 1))
@@ -213,7 +223,7 @@ def roundclamp_weight(w: torch.Tensor, bits: int, scale: torch.Tensor | None = N
     if is_fp(bits):
         return w
     if scale is None:
-        scale = w.detach().abs().max()
+        scale = roundclamp_scale(w)
     step = roundclamp_step(scale, bits)
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return torch.clamp(round_ste(w / step), lo, hi) * step
@@ -244,7 +254,7 @@ class _LSBAbsSum(torch.autograd.Function):
 def lsb_penalty(w: torch.Tensor, bits: int, k: int, scale: torch.Tensor | None = None) -> torch.Tensor:
     """Σ_i |L_k,i| for one layer; divide the sum over layers by N_total for R."""
     if scale is None:
-        scale = w.detach().abs().max()
+        scale = roundclamp_scale(w)
     return _LSBAbsSum.apply(w, bits, k, scale)
 
 

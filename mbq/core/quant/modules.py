@@ -20,9 +20,15 @@ class _QuantLayer:
 
     def _init_quant(self, weight_quant: str = "dorefa", act_quant: str = "clamp", w_bits: int = 32,
                     a_bits: int = 32, fp_path: str = "identity", wbc: bool = False,
-                    wbc_detach: bool = False, wbc_per_channel: bool = True, pinned: bool = False):
+                    wbc_detach: bool = False, wbc_per_channel: bool = True, pinned: bool = False,
+                    w_scale: str = "tensor"):
         wq_cls = WEIGHT_QUANTIZERS[weight_quant]
-        self.weight_quant = wq_cls(fp_path) if weight_quant == "dorefa" else wq_cls()
+        if weight_quant == "dorefa":
+            self.weight_quant = wq_cls(fp_path)
+        elif weight_quant == "roundclamp":
+            self.weight_quant = wq_cls(per_channel=w_scale == "channel")
+        else:
+            self.weight_quant = wq_cls()
         self.act_quant = ACT_QUANTIZERS[act_quant]()
         self.register_buffer("w_bits", torch.tensor(int(w_bits), dtype=torch.int64))
         self.register_buffer("a_bits", torch.tensor(int(a_bits), dtype=torch.int64))

@@ -44,12 +44,23 @@ class DoReFaWeight(nn.Module):
 
 
 class RoundClampWeight(nn.Module):
-    """MSQ RoundClamp: two's-complement grid with step max|w| / 2^(n-1)."""
+    """MSQ RoundClamp: two's-complement grid with step s / 2^(n-1), s = max|w| over the
+    layer or (``per_channel``) over each output channel."""
 
     supports_1bit = False
 
+    def __init__(self, per_channel: bool = False):
+        super().__init__()
+        self.per_channel = per_channel
+
+    def scale(self, w: torch.Tensor) -> torch.Tensor:
+        return F.roundclamp_scale(w, self.per_channel)
+
     def forward(self, w: torch.Tensor, bits: int) -> torch.Tensor:
-        return F.roundclamp_weight(w, bits)
+        return F.roundclamp_weight(w, bits, self.scale(w))
+
+    def extra_repr(self) -> str:
+        return f"per_channel={self.per_channel}"
 
 
 class _LSQBase(nn.Module):

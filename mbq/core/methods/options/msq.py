@@ -1,6 +1,8 @@
 """``mbq train --method msq`` options (torch-free)."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from ...config import MethodOptions
@@ -13,6 +15,8 @@ class MSQOptions(MethodOptions):
         16.0, ge=1.0, description="stop pruning once 32*sum(N)/sum(bits*N) reaches this (16 = 2-bit average)")
     init_bits: int = Field(8, ge=2, le=8, description="weight bits every quantized layer starts at")
     min_bits: int = Field(2, ge=2, le=8, description="no layer is pruned below this")
+    weight_scale: Literal["channel", "tensor"] = Field(
+        "channel", description="RoundClamp range s: max|w| per output channel (channel) or per layer (tensor)")
     lsb_lambda: float = Field(
         100.0, ge=0, description="strength of the LSB regularizer R = sum|L_k| / N_total (0 = prune on rates alone)")
     prune_interval: int = Field(1, ge=1, description="epochs between pruning rounds")
