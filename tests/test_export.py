@@ -114,9 +114,11 @@ def qat_ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mixed_ckpt(tmp_path_factory, mnist):
-    """RoundClamp weights at a mixed scheme (MSQ / prune style), float first/last layers."""
+    """RoundClamp weights (one range per output channel, msq's default) at a mixed scheme
+    (MSQ / prune style), float first/last layers."""
     return _train_and_save(tmp_path_factory.mktemp("mixed") / "mixed.safetensors", mnist, "qat",
-                           {"weight": "roundclamp", "act": "clamp"}, [4], scheme=MIXED)
+                           {"weight": "roundclamp", "w_scale": "channel", "act": "clamp"}, [4],
+                           scheme=MIXED)
 
 
 @pytest.fixture(scope="module")
