@@ -185,6 +185,26 @@ def test_msq_train_reaches_target_and_records_history(msq_run):
     assert "avg_bits" in lines[-1] and "lsb_reg" in lines[0]
 
 
+def test_checkpoint_from_before_w_scale_rebuilds_per_layer(msq_run, tmp_path):
+    # a checkpoint written before the range per channel records neither w_scale nor
+    # weight_scale; it was trained per layer and must rebuild per layer
+    from safetensors.torch import load_file, save_file
+
+    from mbq.core.checkpoint import read_header
+    _, out = msq_run
+    raw = read_header(out)
+    cfg = json.loads(raw["mbq.config"])
+    del cfg["quant"]["w_scale"]
+    assert "weight_scale" not in cfg["options"]
+    raw["mbq.config"] = json.dumps(cfg)
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(out)), str(old), metadata=raw)
+    model, meta = load_checkpoint(old)
+    assert not any(m.weight_quant.per_channel for _, m in quantized_layers(model))
+    assert meta["mbq.config"]["quant"]["w_scale"] == "tensor"
+    assert create_method(TrainConfig.model_validate(meta["mbq.config"])).opts.weight_scale == "tensor"
+
+
 def test_msq_info_and_eval_show_scheme(msq_run):
     _, out = msq_run
     info = runner.invoke(app, ["info", str(out), "--json"])

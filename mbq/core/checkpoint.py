@@ -85,7 +85,20 @@ def decode_metadata(raw: dict[str, str], path: str | Path = "file") -> dict[str,
             meta[k] = int(raw[k])
     except (ValueError, json.JSONDecodeError) as e:
         raise MbqError(f"{path}: mbq metadata is malformed ({e})") from None
+    if isinstance(meta.get("mbq.config"), dict):
+        _upgrade_config(meta["mbq.config"])
     return meta
+
+
+def _upgrade_config(cfg: dict) -> None:
+    """Pin options whose default changed to the value a checkpoint written before the change
+    was trained with, so it rebuilds as it was trained."""
+    quant, options = cfg.get("quant"), cfg.get("options")
+    if cfg.get("method") == "msq" and isinstance(quant, dict) and isinstance(options, dict) \
+            and "w_scale" not in quant:
+        # RoundClamp's range was one per layer before w_scale existed; MSQ now defaults per channel
+        quant["w_scale"] = "tensor"
+        options.setdefault("weight_scale", "tensor")
 
 
 def encode_metadata(meta: dict[str, Any]) -> dict[str, str]:
