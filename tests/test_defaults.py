@@ -340,7 +340,8 @@ def test_every_method_default_path_trains_well_above_chance(tmp_path, method):
 def test_every_fewshot_method_default_path_beats_chance(tmp_path, method):
     top1 = _train_default(tmp_path, method, "--test-episodes", "200", *FEWSHOT_PATH[method])
     trained = {k: v for k, v in top1.items() if k in ("fp", "2", "4", "8")}
-    assert trained and all(v > 35.0 for v in trained.values()), trained  # chance is 25%
+    # chance is 25%; FP fomaml / mebqat-maml on the raw weight ended at 39.4 / 40.9 (fs-cnn)
+    assert trained and all(v > 45.0 for v in trained.values()), trained
 
 
 def test_partial_scores_fill_the_unscored_with_the_pool_mean():

@@ -133,6 +133,32 @@ def test_mebqat_maml_and_protonet_baseline_round_trip(tmp_path):
     assert len(rows) == 73 and all(r["queries"] == 3 for r in rows)  # LSQ: no 1-bit pairs
 
 
+def test_maml_fp_path_is_tanh_and_older_checkpoints_keep_the_raw_weight(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from mbq.core.checkpoint import load_checkpoint, read_header
+    from mbq.core.quant import quantized_layers
+
+    def fp_paths(model):
+        return {m.weight_quant.fp_path for _, m in quantized_layers(model)}
+
+    ckpt, _ = _train(tmp_path, "fomaml", "--inner-steps", "1", "--meta-batch", "2")
+    model, meta = load_checkpoint(ckpt)
+    assert fp_paths(model) == {"tanh"} and meta["mbq.config"]["quant"]["fp_path"] == "tanh"
+    raw_run, _ = _train(tmp_path / "raw", "fomaml", "--inner-steps", "1", "--fp-path", "identity")
+    assert fp_paths(load_checkpoint(raw_run)[0]) == {"identity"}
+    # written before the option: the raw weight recorded in quant, nothing in options
+    raw = read_header(ckpt)
+    cfg = json.loads(raw["mbq.config"])
+    cfg["quant"]["fp_path"] = "identity"
+    cfg["options"].pop("fp_path", None)
+    raw["mbq.config"] = json.dumps(cfg)
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(ckpt)), str(old), metadata=raw)
+    assert fp_paths(load_checkpoint(old)[0]) == {"identity"}
+    assert _eval(old, "--episodes", "2")["episodes"] == 2
+
+
 def test_imagefolder_laid_out_by_class(tmp_path):
     from PIL import Image
 

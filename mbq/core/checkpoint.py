@@ -90,6 +90,9 @@ def decode_metadata(raw: dict[str, str], path: str | Path = "file") -> dict[str,
     return meta
 
 
+_MAML_METHODS = ("fomaml", "qat-fomaml", "mebqat-maml")
+
+
 def _upgrade_config(cfg: dict) -> None:
     """Pin options whose default changed to the value a checkpoint written before the change
     was trained with, so it rebuilds as it was trained."""
@@ -99,6 +102,9 @@ def _upgrade_config(cfg: dict) -> None:
         # RoundClamp's range was one per layer before w_scale existed; MSQ now defaults per channel
         quant["w_scale"] = "tensor"
         options.setdefault("weight_scale", "tensor")
+    if cfg.get("method") in _MAML_METHODS and isinstance(quant, dict) and isinstance(options, dict):
+        # the MAML methods' FP path was the raw weight before their fp_path option (now tanh)
+        options.setdefault("fp_path", quant.get("fp_path", "identity"))
 
 
 def encode_metadata(meta: dict[str, Any]) -> dict[str, str]:

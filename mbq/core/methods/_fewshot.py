@@ -34,6 +34,8 @@ class FewShotMethod(Method):
 
     def __init__(self, cfg, opts):
         super().__init__(cfg, opts)
+        if hasattr(opts, "fp_path"):  # written back so a rebuilt model has the same FP path
+            cfg.quant = cfg.quant.model_copy(update={"fp_path": opts.fp_path})
         if self.policy == "sampled":
             self.train_pairs = candidate_pairs(cfg, opts, self.name)[2]
         elif self.policy == "fixed":
