@@ -90,21 +90,16 @@ def decode_metadata(raw: dict[str, str], path: str | Path = "file") -> dict[str,
     return meta
 
 
-_MAML_METHODS = ("fomaml", "qat-fomaml", "mebqat-maml")
-
-
 def _upgrade_config(cfg: dict) -> None:
-    """Pin options whose default changed to the value a checkpoint written before the change
-    was trained with, so it rebuilds as it was trained."""
+    """Give an option whose default changed the value an older checkpoint was trained with."""
+    from .methods import list_methods, options_class
+
     quant, options = cfg.get("quant"), cfg.get("options")
-    if cfg.get("method") == "msq" and isinstance(quant, dict) and isinstance(options, dict) \
-            and "w_scale" not in quant:
-        # RoundClamp's range was one per layer before w_scale existed; MSQ now defaults per channel
-        quant["w_scale"] = "tensor"
-        options.setdefault("weight_scale", "tensor")
-    if cfg.get("method") in _MAML_METHODS and isinstance(quant, dict) and isinstance(options, dict):
-        # the MAML methods' FP path was the raw weight before their fp_path option (now tanh)
-        options.setdefault("fp_path", quant.get("fp_path", "identity"))
+    if cfg.get("method") not in list_methods() or not isinstance(quant, dict) or not isinstance(options, dict):
+        return  # create_method reports what is wrong
+    for option, (field, before) in options_class(cfg["method"]).recorded_in_quant.items():
+        quant.setdefault(field, before)
+        options.setdefault(option, quant[field])
 
 
 def encode_metadata(meta: dict[str, Any]) -> dict[str, str]:

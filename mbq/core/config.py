@@ -129,6 +129,10 @@ class MethodOptions(_Strict):
     train_defaults: ClassVar[dict] = {}
     # how the default LR follows the batch: None by optimizer, or "linear" / "sqrt" / "sqrt_below"
     lr_batch_rule: ClassVar[str | None] = None
+    # options whose default changed, as {option: (quant field, value before the field existed)}:
+    # a checkpoint that does not record the option takes it from its quant config, so it
+    # rebuilds as it was trained (mbq.core.checkpoint)
+    recorded_in_quant: ClassVar[dict[str, tuple[str, str]]] = {}
 
     @classmethod
     def run_defaults(cls, options: dict, epochs: int, batch_size: int = REF_BATCH) -> tuple[dict, dict]:

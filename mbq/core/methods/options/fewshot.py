@@ -50,6 +50,8 @@ class MAMLOptions(EpisodeOptions):
     """First-order MAML: ``--meta-batch`` episodes per step, ``--inner-steps`` SGD steps each."""
 
     train_defaults: ClassVar[dict] = dict(EpisodeOptions.train_defaults, **{"optim.lr": 1e-4})
+    # the raw weight before fp_path existed
+    recorded_in_quant: ClassVar[dict] = {"fp_path": ("fp_path", "identity")}
 
     meta_batch: int = Field(4, ge=1, description="episodes per outer step (each with its own pair)")
     inner_steps: int = Field(5, ge=1, description="SGD steps on the support set (training and test)")

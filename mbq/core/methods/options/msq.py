@@ -1,7 +1,7 @@
 """``mbq train --method msq`` options (torch-free)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -10,6 +10,9 @@ from ...config import MethodOptions
 
 class MSQOptions(MethodOptions):
     """MSQ: RoundClamp weights, LSB-residual regularizer, Hessian-guided bit pruning."""
+
+    # one range per layer before w_scale existed
+    recorded_in_quant: ClassVar[dict] = {"weight_scale": ("w_scale", "tensor")}
 
     target_compression: float = Field(
         16.0, ge=1.0, description="stop pruning once 32*sum(N)/sum(bits*N) reaches this (16 = 2-bit average)")
