@@ -138,8 +138,9 @@ class _Clock:
 
 def code_stamp(root: Path = HERE.parent) -> dict:
     """Which code measured a row: the git tree of mbq/ (unchanged by docs or benchmark
-    commits), the commit, whether mbq/ had uncommitted changes, and torch's version (CPU
-    float reductions, and so a run's trajectory, differ between torch builds). Empty outside git."""
+    commits), the commit, whether mbq/ had uncommitted changes, torch's version and the CPU
+    kernel set torch dispatched to (float reductions, and so a run's trajectory, differ between
+    torch builds and between AVX2 and AVX-512 kernels). Empty outside git."""
     import torch
 
     def git(*args: str) -> str:
@@ -147,7 +148,7 @@ def code_stamp(root: Path = HERE.parent) -> dict:
     try:
         return {"tree": git("rev-parse", "--short=10", "HEAD:mbq"), "commit": git("rev-parse", "--short=10", "HEAD"),
                 "dirty": bool(git("status", "--porcelain", "--", "mbq")), "date": time.strftime("%Y-%m-%d"),
-                "torch": torch.__version__}
+                "torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability()}
     except (OSError, subprocess.CalledProcessError):
         return {}
 
@@ -156,7 +157,8 @@ def _code_text(row: dict) -> str:
     code = row.get("code") or {}
     if not code.get("tree"):
         return "—"
-    return code["tree"][:7] + ("+" if code.get("dirty") else "") + (f", torch {code['torch']}" if code.get("torch") else "")
+    return (code["tree"][:7] + ("+" if code.get("dirty") else "") + (f", torch {code['torch']}" if code.get("torch") else "")
+            + (f", {code['cpu']}" if code.get("cpu") else ""))
 
 
 def run_one(cell_name: str, method: str, folder: Path, seed: int) -> dict:

@@ -242,6 +242,9 @@ def test_benchmark_rows_name_the_library_code_that_measured_them(tmp_path):
     mixed = same + [dict(row, code={"tree": "0123456789", "dirty": True, "torch": "2.1"}), row]
     summary = bench.code_summary(mixed)
     assert "`0123456+, torch 2.1` 1 rows" in summary and "1 rows before the stamp" in summary
+    # the same tree and torch on another CPU kernel set is another trajectory: a separate group
+    avx = dict(row, code={"tree": "abcdef1234", "torch": "2.1", "cpu": "AVX512"})
+    assert "`abcdef1, torch 2.1, AVX512` 1 rows" in bench.code_summary(same + [avx])
     assert bench.table(mixed).splitlines()[-1].endswith("| — |")
 
 
