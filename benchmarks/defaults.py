@@ -284,7 +284,8 @@ def code_summary(rows: list[dict]) -> str:
     parts = [f"`{t}` {n} rows" if t != "—" else f"{n} rows before the stamp was recorded"
              for t, n in trees.most_common()]
     head = ("Every row measured on one library tree" if len(trees) == 1 and "—" not in trees
-            else "Code that measured the rows (`mbq/` git tree, `+` = uncommitted changes)")
+            else "Code that measured the rows (`mbq/` git tree, `+` = uncommitted changes; torch; "
+                 "the CPU kernel set where recorded)")
     return f"{head}: " + "; ".join(parts) + "."
 
 
