@@ -194,3 +194,22 @@ def test_cli_reference_doc_is_current():
     tool = Path(__file__).resolve().parents[1] / "tools" / "gen_cli_md.py"
     res = subprocess.run([sys.executable, str(tool), "--check"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_threads_sets_this_process_thread_count_and_refuses_zero():
+    import torch
+
+    before = torch.get_num_threads()
+    saved = os.environ.get("OMP_NUM_THREADS")
+    try:
+        r = runner.invoke(app, ["--threads", "1", "info", "--help"])
+        assert r.exit_code == 0, r.output
+        assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+    finally:
+        torch.set_num_threads(before)
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+    r = runner.invoke(app, ["--threads", "0", "info", "--help"])
+    assert r.exit_code == 2 and "--threads" in r.output

@@ -14,7 +14,8 @@ COMMANDS = ("train", "eval", "info", "sensitivity", "prune", "select-coreset", "
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 HEAD = ("# CLI reference\n\nGenerated from `mbq CMD --help` by `python tools/gen_cli_md.py`. Common to "
         "every command: `--json`, `--quiet`, `--device`, `--seed`; exit codes 0 ok, 1 run failed, "
-        "2 bad input, 130 interrupted.\n")
+        "2 bad input, 130 interrupted. Before the command: `mbq --threads N CMD ...` sets the process's "
+        "CPU threads (default one per core; split the cores between runs that share a machine).\n")
 
 
 def render() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -76,6 +77,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+
+@app.callback()
+def _process_options(
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", min=1, help="CPU threads of this process (default: one per core). Runs sharing a "
+                                 "machine should split its cores: oversubscribed threads wait on each other.")] = None,
+) -> None:
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # read when torch is first imported
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+
 
 _train.register(app)
 _eval.register(app)
