@@ -79,7 +79,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _process_options(
     threads: Annotated[Optional[int], typer.Option(
