@@ -91,6 +91,24 @@ def test_lr_for_batch_refuses_an_unknown_rule():
         lr_for_batch(0.1, "sgd", 256, rule="cubic")
 
 
+# --- anyprec -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch, lr, warmup, clip", [(64, 0.1, 0.0, None), (128, 0.2, 0.0, None),
+                                                      (256, 0.4, 0.1, 2.0)])
+def test_anyprec_step_is_linear_in_the_batch_and_warmed_and_capped_above_128(batch, lr, warmup, clip):
+    # 0.2 per 128 images: at 0.1 the 2-bit width of short runs fell far behind; batch 256 at
+    # 0.4 cold ended at chance at every width
+    cfg = _cfg("--method", "anyprec", "--bits", "2,4,8", "--batch-size", str(batch))
+    assert cfg.optim.lr == pytest.approx(lr)
+    assert (cfg.optim.warmup_fraction, cfg.optim.warmup_epochs) == (pytest.approx(warmup), 0)
+    assert cfg.optim.grad_clip == clip
+
+
+def test_anyprec_large_batch_defaults_give_way_to_the_users():
+    cfg = _cfg("--method", "anyprec", "--batch-size", "256", "--lr", "0.1", "--warmup", "0.5", "--grad-clip", "0")
+    assert (cfg.optim.lr, cfg.optim.warmup_epochs, cfg.optim.warmup_fraction, cfg.optim.grad_clip) == (0.1, 0.5, 0, 0)
+
+
 # --- EMQ -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("epochs, f", [(1, 1.0), (2, 1.0), (4, 0.5), (5, 0.4), (10, 0.2), (50, 0.2)])
@@ -98,7 +116,7 @@ def test_emq_default_fraction_gives_two_passes_per_width(epochs, f):
     cfg = _cfg("--method", "emq", "--bits", "2,4,8", "--epochs", str(epochs))
     assert cfg.options["coreset_fraction"] == pytest.approx(f)
     assert cfg.options["fraction_is_auto"] is True
-    assert cfg.optim.lr == pytest.approx(round(0.1 / f ** 0.5, 4) * _child(128, f) / 128, rel=1e-3)
+    assert cfg.optim.lr == pytest.approx(round(0.2 / f ** 0.5, 4) * _child(128, f) / 128, rel=1e-3)
     assert cfg.optim.weight_decay == pytest.approx(5e-4 / f)
     assert cfg.optim.warmup_fraction == pytest.approx(0.05) and cfg.optim.warmup_epochs == 0
 
@@ -112,7 +130,7 @@ def test_emq_given_fraction_is_kept_and_sets_its_optimizer_defaults():
                "--batch-size", "64")
     assert float(cfg.options["coreset_fraction"]) == 0.2 and "fraction_is_auto" not in cfg.options
     assert cfg.optim.weight_decay == pytest.approx(2.5e-3)
-    assert cfg.optim.lr == pytest.approx(round(0.1 / 0.2 ** 0.5, 4) * 16 / 128, rel=1e-3)  # child batch 16
+    assert cfg.optim.lr == pytest.approx(round(0.2 / 0.2 ** 0.5, 4) * 16 / 128, rel=1e-3)  # child batch 16
 
 
 def test_emq_caps_the_summed_gradient_unless_told_otherwise():
@@ -121,7 +139,7 @@ def test_emq_caps_the_summed_gradient_unless_told_otherwise():
     assert _cfg("--method", "emq", "--bits", "2,4,8").optim.grad_clip == GRAD_CLIP
     assert _cfg("--method", "emq", "--bits", "2,4,8", "--grad-clip", "2").optim.grad_clip == 2
     assert _cfg("--method", "emq", "--bits", "2,4,8", "--grad-clip", "0").optim.grad_clip == 0  # off
-    assert _cfg("--method", "anyprec", "--bits", "2,4,8").optim.grad_clip is None
+    assert _cfg("--method", "anyprec", "--bits", "2,4,8").optim.grad_clip is None  # at batch 128
 
 
 @pytest.mark.parametrize("batch, large", [(64, False), (128, False), (256, True), (512, True)])

@@ -467,11 +467,11 @@ def test_eval_bit_outside_valid_widths_is_exit_2(emq_ckpt, capsys, bit):
     assert code == 2 and out == "" and "not supported" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("args, lr, wd", [([], 0.2236 * 26 / 128, 2.5e-3), (["--lr", "0.05"], 0.05, 2.5e-3),
+@pytest.mark.parametrize("args, lr, wd", [([], 0.4472 * 26 / 128, 2.5e-3), (["--lr", "0.05"], 0.05, 2.5e-3),
                                           (["--optimizer", "adamw"], 1e-3 * (26 / 128) ** 0.5, None),
-                                          (["--weight-decay", "1e-4"], 0.2236 * 26 / 128, 1e-4)])
+                                          (["--weight-decay", "1e-4"], 0.4472 * 26 / 128, 1e-4)])
 def test_emq_optimizer_defaults_go_with_sgd(args, lr, wd):
-    """At 10 epochs the default fraction is 0.2: SGD at 0.1 / sqrt(0.2) per 128 images, scaled to
+    """At 10 epochs the default fraction is 0.2: SGD at 0.2 / sqrt(0.2) per 128 images, scaled to
     the 26-image child batch, decay 5e-4 / 0.2; an Adam run gets Adam's own 1e-3."""
     from mbq.cli.train import build_config
     from mbq.core.config import OptimConfig

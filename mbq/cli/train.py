@@ -187,7 +187,7 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 128,
     augment: Annotated[bool, typer.Option(help="The dataset's default batch augmentation.")] = True,
     optimizer: Annotated[str, typer.Option(help="sgd, adamw or adam.")] = "sgd",
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the method's, stated at batch 128 and scaled to --batch-size: linearly for SGD, by the square root for Adam; mebqat: by the square root below 128, linearly above with a warm-up over 10% of the run).", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the method's, stated at batch 128 and scaled to --batch-size: linearly for SGD, by the square root for Adam; anyprec and mebqat: linearly above 128 with a warm-up over 10% of the run and a cap on the gradient norm; mebqat by the square root below 128).", show_default=False)] = None,
     weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 5e-4,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
     schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = "cosine",

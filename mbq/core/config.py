@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from .defaults import EVAL_BATCH, REF_BATCH
+from .defaults import EVAL_BATCH, LARGE_BATCH_WARMUP, REF_BATCH
 
 VALID_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
 FP_BITS = 32
@@ -134,11 +134,19 @@ class MethodOptions(_Strict):
     # rebuilds as it was trained (mbq.core.checkpoint)
     recorded_in_quant: ClassVar[dict[str, tuple[str, str]]] = {}
 
+    # a method whose step grows linearly above REF_BATCH sets this: there its step is warmed up
+    # over LARGE_BATCH_WARMUP of the run and its gradient norm capped at this value
+    large_batch_grad_clip: ClassVar[float | None] = None
+
     @classmethod
     def run_defaults(cls, options: dict, epochs: int, batch_size: int = REF_BATCH) -> tuple[dict, dict]:
         """(options, shared-flag defaults) for a run of ``epochs`` epochs at ``batch_size``: a
         method whose defaults depend on the run's shape resolves them here, before validation."""
-        return options, dict(cls.train_defaults)
+        defaults = dict(cls.train_defaults)
+        if cls.large_batch_grad_clip is not None and batch_size > REF_BATCH:
+            defaults["optim.warmup_fraction"] = LARGE_BATCH_WARMUP
+            defaults["optim.grad_clip"] = cls.large_batch_grad_clip
+        return options, defaults
 
     def step_batch(self, batch_size: int) -> int | None:
         """Images behind each gradient a step sums (the default LR scales with it);

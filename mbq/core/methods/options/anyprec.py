@@ -1,15 +1,27 @@
 """Options of ``--method anyprec`` (Any-Precision DNN, Yu et al. AAAI 2021). Torch-free."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from ._multibit import MultiBitOptions
 
+# cap on the norm of the summed gradient with the large-batch step (as emq's): batch 256 at 0.4
+# with no warm-up and no cap ended at chance at every width; warmed up and capped at 2 it led
+# 0.2 there at every width (2 bits 95.64 against 95.28)
+LARGE_BATCH_GRAD_CLIP = 2.0
+
 
 class AnyPrecOptions(MultiBitOptions):
     """Switchable BN per trained width, every width on every batch, recursive KD."""
+
+    # 0.2 per 128 images, not Any-Precision's 0.1: at 0.1 the 2-bit width of short runs fell
+    # far behind on some machines (2 epochs, resnet20 width 0.5: 84.40; 5 000 images: 74.55)
+    # and 0.2 led at every width of every {2,4,8} cell (docs/benchmarks.md, "anyprec's step")
+    train_defaults: ClassVar[dict] = dict(MultiBitOptions.train_defaults, **{"optim.lr": 0.2})
+    # above batch 128 the step grows linearly, warmed up over a tenth of the run
+    large_batch_grad_clip: ClassVar[float | None] = LARGE_BATCH_GRAD_CLIP
 
     eval_bits: Literal["all", "trained"] | list[int] = Field(
         "trained", description="widths validated each epoch and tested at the end: trained, all "

@@ -13,6 +13,11 @@ from ...defaults import REF_BATCH
 from ._multibit import PACT_DEFAULT, MultiBitOptions
 
 DEFAULT_FRACTION = 0.2  # the paper's operating point, for runs of >= 10 epochs
+# step at batch 128 and f = 1 (scaled by 1 / sqrt(f)): 0.2, as anyprec's, not Any-Precision's 0.1.
+# Against 0.1 on one machine: 1 bit with --bits 1,32 86.95 -> 94.05, 2 bits at the centre cell
+# 96.87 -> 97.20, f = 0.2 at 10 epochs 98.61 / 98.99 / 99.03 -> 98.77 / 99.23 / 99.16; it cost
+# 0.4-1.0 at 5 000 images and up to 0.6 at 4 / 8 bits at width 0.5 (docs/benchmarks.md)
+BASE_LR = 0.2
 WARMUP_FRACTION = 0.05  # of the run's steps (one epoch was half of a 2-epoch run)
 MIN_CORESET_BATCH = 16  # BatchNorm statistics of a smaller batch are too noisy
 # cap on the norm of the summed children's gradient: every width pushes the one shared BN
@@ -54,8 +59,8 @@ class EMQOptions(MultiBitOptions):
         max(0.2, min(1, 2 / epochs)) of the data per epoch: at least two passes over the
         data per width in all, below which a width is short of images, not of steps
         (docs/emq.md, "Choosing the defaults"). Each width's batch is f x --batch-size, so
-        an epoch has as many steps as plain training; the LR at batch 128 is 0.1 / sqrt(f)
-        and the decay 5e-4 / f (f = 1: Any-Precision's 0.1 and 5e-4). The summed gradient's
+        an epoch has as many steps as plain training; the LR at batch 128 is BASE_LR / sqrt(f)
+        and the decay 5e-4 / f (f = 1: anyprec's 0.2 and 5e-4). The summed gradient's
         norm is capped at GRAD_CLIP, or LARGE_BATCH_GRAD_CLIP above batch 128 (--grad-clip 0
         turns the cap off).
         """
@@ -68,7 +73,7 @@ class EMQOptions(MultiBitOptions):
         except (TypeError, ValueError):
             f = DEFAULT_FRACTION  # validation names the bad value
         f = min(max(f, 0.1), 1.0)  # below 0.1 the rule would ask for LR > 0.3 and decay > 5e-3
-        return options, dict(cls.train_defaults, **{"optim.lr": round(0.1 / f ** 0.5, 4),
+        return options, dict(cls.train_defaults, **{"optim.lr": round(BASE_LR / f ** 0.5, 4),
                                                     "optim.weight_decay": 5e-4 / f,
                                                     "optim.warmup_fraction": WARMUP_FRACTION,
                                                     "optim.grad_clip": GRAD_CLIP if batch_size <= REF_BATCH

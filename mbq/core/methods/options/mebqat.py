@@ -5,7 +5,6 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from ...defaults import LARGE_BATCH_WARMUP, REF_BATCH
 from ._bittasks import BitTaskOptions
 from ._multibit import PACT_DEFAULT
 
@@ -36,14 +35,7 @@ class MEBQATOptions(BitTaskOptions):
     # 93.32 / 94.99). Batch 64: 0.141 (sqrt) 97.12, 0.1 (linear) 96.78. At 128 a warm-up cost
     # 1.1 at 2 bits.
     lr_batch_rule: ClassVar[str | None] = "sqrt_below"
-
-    @classmethod
-    def run_defaults(cls, options: dict, epochs: int, batch_size: int = REF_BATCH) -> tuple[dict, dict]:
-        options, defaults = super().run_defaults(options, epochs, batch_size)
-        if batch_size > REF_BATCH:
-            defaults["optim.warmup_fraction"] = LARGE_BATCH_WARMUP
-            defaults["optim.grad_clip"] = LARGE_BATCH_GRAD_CLIP
-        return options, defaults
+    large_batch_grad_clip: ClassVar[float | None] = LARGE_BATCH_GRAD_CLIP
 
     meta_batch: int = Field(4, ge=1, description="tasks per mini-batch, the guaranteed ones included; at most one per valid pair")
     # on by default, as in the paper's ResNet-20 code: drawn, (1, 1) was in a fifth of the
