@@ -18,7 +18,7 @@ class AnyPrecOptions(MultiBitOptions):
 
     # 0.2 per 128 images, not Any-Precision's 0.1: at 0.1 the 2-bit width of short runs fell
     # far behind on some machines (2 epochs, resnet20 width 0.5: 84.40; 5 000 images: 74.55)
-    # and 0.2 led at every width of every {2,4,8} cell (docs/benchmarks.md, "anyprec's step")
+    # and 0.2 led at every width of every {2,4,8} cell (docs/benchmarks.md, "anyprec's and EMQ's step")
     train_defaults: ClassVar[dict] = dict(MultiBitOptions.train_defaults, **{"optim.lr": 0.2})
     # above batch 128 the step grows linearly, warmed up over a tenth of the run
     large_batch_grad_clip: ClassVar[float | None] = LARGE_BATCH_GRAD_CLIP

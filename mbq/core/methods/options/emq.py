@@ -72,7 +72,7 @@ class EMQOptions(MultiBitOptions):
             f = float(options.get("coreset_fraction", DEFAULT_FRACTION))
         except (TypeError, ValueError):
             f = DEFAULT_FRACTION  # validation names the bad value
-        f = min(max(f, 0.1), 1.0)  # below 0.1 the rule would ask for LR > 0.3 and decay > 5e-3
+        f = min(max(f, 0.1), 1.0)  # below 0.1 the rule would ask for LR > 0.63 and decay > 5e-3
         return options, dict(cls.train_defaults, **{"optim.lr": round(BASE_LR / f ** 0.5, 4),
                                                     "optim.weight_decay": 5e-4 / f,
                                                     "optim.warmup_fraction": WARMUP_FRACTION,
