@@ -33,9 +33,14 @@ def test_adam_default_lr_scales_by_square_root_and_explicit_lr_is_kept():
     assert cfg.optim.lr == pytest.approx(1e-3 * 2.0)  # Adam's own default, x sqrt(512 / 128)
 
 
-def test_episodic_methods_are_not_batch_scaled():
-    cfg = _cfg("--method", "protonet", "--batch-size", "512")
-    assert (cfg.optim.optimizer, cfg.optim.lr) == ("adam", 1e-3)
+@pytest.mark.parametrize("method, lr", [("protonet", 3e-3), ("qat-pn", 3e-3), ("mebqat-pn", 3e-3),
+                                        ("fomaml", 1e-4), ("qat-fomaml", 1e-4), ("mebqat-maml", 1e-4)])
+def test_episodic_methods_step_and_are_not_batch_scaled(method, lr):
+    """ProtoNet's family steps at Adam 3e-3 (1e-3 left resnet20 untrained in 200 episodes),
+    MAML's outer step stays at the paper's 1e-4; neither follows --batch-size."""
+    cfg = _cfg("--method", method, "--batch-size", "512")
+    assert (cfg.optim.optimizer, cfg.optim.lr) == ("adam", pytest.approx(lr))
+    assert _cfg("--method", method, "--lr", "0.01").optim.lr == pytest.approx(0.01)
 
 
 def test_mebqat_defaults_to_sgd():
@@ -489,7 +494,7 @@ def test_step_cost_benchmark_times_the_commands_steps(monkeypatch, capsys):
 # --- activation quantizer -----------------------------------------------------------------
 
 @pytest.mark.parametrize("method, act", [("qat", "pact"), ("anyprec", "pact_width"), ("emq", "pact"),
-                                         ("mebqat", "pact"), ("mebqat-pn", "pact_width"),
+                                         ("mebqat", "pact"), ("mebqat-pn", "pact"),
                                          ("mebqat-maml", "pact"), ("qat-pn", "pact")])
 def test_methods_training_several_widths_scale_the_clip_per_width(method, act):
     assert _cfg("--method", method).quant.act == act

@@ -21,9 +21,9 @@ def parse_eval_bits(v):
 # saturates much of each BN output (docs/benchmarks.md: anyprec {2,4,8} after 2 epochs on 10k
 # MNIST images, 92.5-95.0 with the clamp, 96.1-97.6 with PACT)
 PACT_DEFAULT: dict = {"quant.act": "pact"}
-# anyprec and mebqat-pn scale their one clip per width (PACTWidthAct): a shared clip left 2-bit
-# activations with levels 0/1.9/3.8/5.7 for BN outputs of unit scale. emq, mebqat and
-# mebqat-maml measured worse with it (docs/benchmarks.md, "PACT's clip across widths")
+# anyprec scales its one clip per width (PACTWidthAct): a shared clip left 2-bit activations
+# with levels 0/1.9/3.8/5.7 for BN outputs of unit scale. emq, mebqat and the few-shot
+# methods measured worse with it (docs/benchmarks.md, "PACT's clip across widths")
 PACT_WIDTH_DEFAULT: dict = {"quant.act": "pact_width"}
 
 
