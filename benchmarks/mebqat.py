@@ -207,7 +207,7 @@ def fewshot(p: dict, out: Path, seed: int) -> dict:
     from mbq.core.bitpairs import valid_pairs
     from mbq.core.evaluate_checkpoint import evaluate_checkpoint
 
-    q = dict(p, epochs=p["fs_epochs"], train_subset=None)  # the episodic methods' own Adam 1e-3
+    q = dict(p, epochs=p["fs_epochs"], train_subset=None)  # each method's own Adam step
     opts = {"ways": 4, "shots": 1, "queries": 15, "episodes_per_epoch": p["fs_episodes"], "test_episodes": 10}
     runs = {"mebqat-pn": _cfg("mebqat-pn", CANDIDATES, out / "mebqat_pn.safetensors", q, seed, [], opts),
             "protonet": _cfg("protonet", "32", out / "protonet.safetensors", q, seed, [], opts),
