@@ -194,7 +194,7 @@ def train(
     warmup: Annotated[float, typer.Option(help="Linear warm-up epochs (shorter than the run).")] = 0.0,
     warmup_fraction: Annotated[float, typer.Option(help="Linear warm-up as a fraction of the run's steps, in [0, 1).")] = 0.0,
     grad_clip: Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this (0: no clipping; by default emq clips at 5, or 2 above batch 128; msq at 2; anyprec at 2 and mebqat at 1 above batch 128).")] = None,
-    quantizer: Annotated[Optional[str], typer.Option(help="dorefa (DoReFa weights, clamp acts), sat (DoReFa weights, PACT acts: the default of qat, emq and mebqat; anyprec and mebqat-pn default to PACT with a clip scaled per width), lsq, roundclamp.")] = None,
+    quantizer: Annotated[Optional[str], typer.Option(help="dorefa (DoReFa weights, clamp acts), sat (DoReFa weights, PACT acts: the default of qat, emq, mebqat and the episodic methods; anyprec defaults to PACT with a clip scaled per width), lsq, roundclamp.")] = None,
     act_quantizer: Annotated[Optional[str], typer.Option(help="clamp, pact, pact_width (one learned clip, used at alpha * r(bits): the default of anyprec), lsq or none.")] = None,
     first_last_bits: Annotated[Optional[int], typer.Option(help="Bits of the first conv and last linear (32 = float).")] = None,
     init: Annotated[Optional[Path], typer.Option(help="Start from an mbq checkpoint or a torchvision state_dict file.")] = None,

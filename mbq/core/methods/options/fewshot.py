@@ -69,8 +69,8 @@ class PNOptions(EpisodeOptions):
 
     # Adam 3e-3, not the paper's 1e-3: 200 episodes at 1e-3 left resnet20 w0.5 undertrained
     # (protonet 49.77, 4-bit qat-pn 50.51, 2-bit qat-pn at chance, 27.58); at 3e-3 66.66 /
-    # 60.95, and the cnn gained too (protonet 57.88 -> 59.99). 1e-2 cost the cnn 6.6 points
-    # (docs/benchmarks.md, "The ProtoNet family's step")
+    # 60.95, and the cnn gained too (protonet 57.88 -> 59.99). 1e-2 cost the 2-epoch cnn 4-9
+    # points against 3e-3 (docs/benchmarks.md, "The ProtoNet family's step")
     train_defaults: ClassVar[dict] = dict(EpisodeOptions.train_defaults, **{"optim.lr": 3e-3})
 
     emb_dim: int = Field(64, ge=1, description="embedding size (the last layer's width)")
