@@ -18,8 +18,8 @@ class EpisodeOptions(MethodOptions):
 
     # PACT activations, as for the other quantized methods: with the [0, 1] clamp, W4 qat-pn on
     # resnet20 w0.5 ended at chance (28.8% 4-way) after 2 epochs, 50.3% with PACT (FP 49.8%)
-    train_defaults: ClassVar[dict] = dict(PACT_DEFAULT, **{"optim.optimizer": "adam", "optim.lr": 1e-3,
-                                                           "optim.weight_decay": 0.0})
+    # the rate is each family's: PNOptions and MAMLOptions
+    train_defaults: ClassVar[dict] = dict(PACT_DEFAULT, **{"optim.optimizer": "adam", "optim.weight_decay": 0.0})
 
     ways: int = Field(4, ge=2, description="classes per episode (N-way)")
     shots: int = Field(1, ge=1, description="support images per class (K-shot)")
