@@ -43,6 +43,20 @@ def test_episodic_methods_step_and_are_not_batch_scaled(method, lr):
     assert _cfg("--method", method, "--lr", "0.01").optim.lr == pytest.approx(0.01)
 
 
+@pytest.mark.parametrize("method", ["fomaml", "qat-fomaml", "mebqat-maml"])
+def test_maml_near_chance_advice_counts_the_outer_steps(method):
+    """resnet20 w0.5 at 200 episodes learns in 200 outer steps at 3e-3, not in 50 at 1e-4."""
+    from mbq.core.methods import create_method
+
+    advice = create_method(_cfg("--method", method, "--epochs", "2")).near_chance_advice()
+    assert advice.startswith("MAML took 50 outer steps at Adam 0.0001")  # 2 x ceil(100 / 4)
+    assert "--meta-batch 1 (4x the outer steps), --lr 3e-3, more --epochs" in advice
+    tuned = create_method(_cfg("--method", method, "--epochs", "2", "--meta-batch", "1", "--lr", "3e-3"))
+    assert tuned.near_chance_advice().startswith("MAML took 200 outer steps at Adam 0.003")
+    assert tuned.near_chance_advice().endswith("try more --epochs (docs/mebqat.md)")
+    assert create_method(_cfg("--method", "protonet")).near_chance_advice() is None
+
+
 def test_mebqat_defaults_to_sgd():
     cfg = _cfg("--method", "mebqat")
     assert cfg.optim.optimizer == "sgd" and cfg.optim.lr == pytest.approx(0.2)

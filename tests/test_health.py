@@ -78,3 +78,12 @@ def test_no_health_check_reports_but_exits_0(tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["healthy"] is False
     assert "warning: width fp ended at" in res.stderr
+
+
+def test_the_methods_advice_goes_once_on_the_first_width_near_chance():
+    problems = check_run({"fp": 30.0, "2": 26.0, "4": 60.0}, ["fp", "2", "4"], 25.0, [1.3, 1.2],
+                         advice="try --lr 3e-3")
+    assert len(problems) == 2
+    assert problems[0].endswith("did not learn at this width; try --lr 3e-3")
+    assert problems[1].endswith("did not learn at this width")
+    assert check_run({"fp": 60.0}, ["fp"], 25.0, [1.3, 1.2], advice="try --lr 3e-3") == []

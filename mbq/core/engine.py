@@ -330,7 +330,7 @@ def train(cfg: TrainConfig, method: Method, report: Reporter = _null_reporter) -
         final = _final_test(ctx)
         train_acc = (metrics or {}).get("train_acc") if method.training_accuracy_transfers() else None
         problems = check_run(final["top1"], method.trained_labels(), method.chance_top1(), losses,
-                             train_acc)
+                             train_acc, advice=method.near_chance_advice())
         final["health"] = {"healthy": not problems, "problems": problems}
         metrics = dict(metrics, test=final)
         if rank == 0:

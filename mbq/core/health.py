@@ -34,12 +34,15 @@ def loss_rising(losses: Sequence[float]) -> bool:
 
 
 def check_run(top1: dict[str, float], trained: Iterable[str], chance: float,
-              losses: Sequence[float], train_acc: float | None = None) -> list[str]:
+              losses: Sequence[float], train_acc: float | None = None,
+              advice: str | None = None) -> list[str]:
     """Problems with a finished run, one sentence each (empty when healthy).
 
     ``top1``: test top-1 per setting label; ``trained``: the labels the run trained
     (untrained widths are reported, not judged); ``losses``: mean training loss per epoch;
-    ``train_acc``: the last epoch's mean training accuracy (percent), if known. A width
+    ``train_acc``: the last epoch's mean training accuracy (percent), if known; ``advice``:
+    the method's next step for a run that did not learn, added once to the first width
+    near chance. A width
     that trained well but tests under half of that lost what it learned after the last
     step or in evaluation (a pruning round with no training after it, BatchNorm
     statistics that do not fit the width): near chance is not the only way to fail.
@@ -51,6 +54,9 @@ def check_run(top1: dict[str, float], trained: Iterable[str], chance: float,
         if v < floor:
             problems.append(f"width {label} ended at {v:.2f}% top-1, near chance ({chance:.1f}%): "
                             "the run did not learn at this width")
+            if advice:
+                problems[-1] += f"; {advice}"
+                advice = None
         elif train_acc is not None and train_acc > floor and v < COLLAPSE_SHARE * train_acc:
             problems.append(f"width {label} ended at {v:.2f}% top-1, under half the last epoch's "
                             f"training accuracy ({train_acc:.1f}%): the trained model does not hold "

@@ -73,6 +73,10 @@ class Method(ABC):
         """Top-1 (percent) of a model that guesses."""
         return 100.0 / self.cfg.model.num_classes
 
+    def near_chance_advice(self) -> str | None:
+        """What to try when a trained width ends near chance (the health check adds it)."""
+        return None
+
     def training_accuracy_transfers(self) -> bool:
         """Whether the test top-1 should be near the training accuracy (the same classes);
         the health check flags a width testing under half of it."""
