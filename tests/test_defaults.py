@@ -49,11 +49,13 @@ def test_maml_near_chance_advice_counts_the_outer_steps(method):
     from mbq.core.methods import create_method
 
     advice = create_method(_cfg("--method", method, "--epochs", "2")).near_chance_advice()
-    assert advice.startswith("MAML took 50 outer steps at Adam 0.0001")  # 2 x ceil(100 / 4)
-    assert "--meta-batch 1 (4x the outer steps), --lr 3e-3, more --epochs" in advice
+    assert advice.startswith("MAML took 50 outer steps at Adam 0.0001; try ")  # 2 x ceil(100 / 4)
+    assert "try --meta-batch 1 (4x the outer steps), --lr 3e-3, more --epochs" in advice
     tuned = create_method(_cfg("--method", method, "--epochs", "2", "--meta-batch", "1", "--lr", "3e-3"))
-    assert tuned.near_chance_advice().startswith("MAML took 200 outer steps at Adam 0.003")
-    assert tuned.near_chance_advice().endswith("try more --epochs (docs/mebqat.md)")
+    assert tuned.near_chance_advice().startswith("MAML took 200 outer steps at Adam 0.003; try more --epochs")
+    wild = create_method(_cfg("--method", method, "--epochs", "1", "--episodes-per-epoch", "4", "--lr", "1"))
+    assert wild.near_chance_advice().startswith("MAML took 1 outer step at Adam 1; try --meta-batch 1 "
+                                                "(4x the outer steps), a lower --lr, more --epochs")
     assert create_method(_cfg("--method", "protonet")).near_chance_advice() is None
 
 

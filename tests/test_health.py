@@ -87,3 +87,16 @@ def test_the_methods_advice_goes_once_on_the_first_width_near_chance():
     assert problems[0].endswith("did not learn at this width; try --lr 3e-3")
     assert problems[1].endswith("did not learn at this width")
     assert check_run({"fp": 60.0}, ["fp"], 25.0, [1.3, 1.2], advice="try --lr 3e-3") == []
+
+
+def test_a_maml_run_near_chance_names_its_outer_steps_and_what_to_try(tmp_path):
+    out = tmp_path / "m.safetensors"
+    res = CliRunner().invoke(app, ["train", "--method", "fomaml", "--arch", "cnn", "--train-subset", "600",
+                                   "--val-size", "0", "--epochs", "1", "--episodes-per-epoch", "4",
+                                   "--test-episodes", "20", "--inner-steps", "1", "--lr", "1000",
+                                   "--out", str(out), "--quiet", "--json"])
+    assert res.exit_code == 1, res.output
+    problem = json.loads(res.stdout)["problems"][0]
+    assert problem.startswith("width fp ended at") and problem.endswith(
+        "the run did not learn at this width; MAML took 1 outer step at Adam 1000; try --meta-batch 1 "
+        "(4x the outer steps), a lower --lr, more --epochs (docs/mebqat.md, \"On resnet20\")")

@@ -33,12 +33,14 @@ class FOMAMLMethod(FewShotMethod):
         # resnet20 w0.5, 200 episodes: fomaml 34.58 at the defaults (50 outer steps), 54.94 with
         # --meta-batch 1 --lr 3e-3; the cnn, whose flattened random features already suit the
         # inner loop, loses 5 points at that step, so it is advice, not the default (docs/mebqat.md)
-        o, lr = self.opts, self.cfg.optim.lr
+        o, lr, opt = self.opts, self.cfg.optim.lr, self.cfg.optim.optimizer
         steps = self.steps_per_epoch(0) * self.cfg.epochs
+        step = [] if opt == "sgd" else ["--lr 3e-3"] if lr < 3e-3 else ["a lower --lr"] if lr > 1e-2 else []
         tries = ([f"--meta-batch 1 ({o.meta_batch}x the outer steps)"] if o.meta_batch > 1 else []) + \
-                (["--lr 3e-3"] if lr < 3e-3 else []) + ["more --epochs"]
-        return (f"MAML took {steps} outer steps at Adam {lr:g}, too few for this network to learn its "
-                f"features; try {', '.join(tries)} (docs/mebqat.md)")
+            step + ["more --epochs"]
+        name = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}.get(opt, opt)
+        return (f"MAML took {steps} outer step{'s' * (steps != 1)} at {name} {lr:g}; try "
+                f"{', '.join(tries)} (docs/mebqat.md, \"On resnet20\")")
 
     def _fast_copy(self, model):
         if self._fast is None or self._fast[0] is not model:
