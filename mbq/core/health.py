@@ -42,9 +42,8 @@ def check_run(top1: dict[str, float], trained: Iterable[str], chance: float,
     (untrained widths are reported, not judged); ``losses``: mean training loss per epoch;
     ``train_acc``: the last epoch's mean training accuracy (percent), if known; ``advice``:
     the method's next step for a run that did not learn, added once to the first width
-    near chance. A width
-    that trained well but tests under half of that lost what it learned after the last
-    step or in evaluation (a pruning round with no training after it, BatchNorm
+    near chance. A width that trained well but tests under half of ``train_acc`` lost what
+    it learned after the last step or in evaluation (a pruning round with no training after it, BatchNorm
     statistics that do not fit the width): near chance is not the only way to fail.
     """
     floor = near_chance_floor(chance)
