@@ -5,15 +5,17 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from ...defaults import LARGE_BATCH_WARMUP
 from ._bittasks import BitTaskOptions
 from ._multibit import PACT_DEFAULT
 
-# cap on the norm of the mean task gradient with the large-batch step: every task pushes the
-# one shared BN affine, and at the peak of the warm-up a loss spike drove the BN shifts far
-# enough (norm 0 -> 4.2 in 13 steps at seed 1) to stall training for half the run; capped, the
-# shifts grew to 0.6 and there was no spike. Norms of a batch-256 step are 0.8-3.6 (emq caps
-# the sum of its widths' gradients, at 2 above batch 128)
-LARGE_BATCH_GRAD_CLIP = 1.0
+# every run's step is warmed up over a tenth of it and its gradient norm capped at 1: every
+# task pushes the one shared BN affine, and a spike early in the run drove the BN shifts far
+# enough (norm 0 -> 4.2 in 13 steps) to stall training for half of it; capped, the shifts
+# grew to 0.6. With the cap and warm-up the step can be 0.4, twice the bare limit (0.4 bare
+# diverged at 5 000 images and with --bits 1,32), and mebqat reaches anyprec where at 0.2 it
+# trailed it by 1.4-3.9 points (docs/benchmarks.md, "mebqat's step, warmed up and capped")
+GRAD_CLIP = 1.0
 
 
 class MEBQATOptions(BitTaskOptions):
@@ -26,16 +28,9 @@ class MEBQATOptions(BitTaskOptions):
     # the shared PACT clip, not anyprec's per-width one: pact_width gained 0.4 at 2 bits on
     # {2,4,8} but cost up to 3.8 points with 1 bit in the list (docs/benchmarks.md)
     train_defaults: ClassVar[dict] = dict(PACT_DEFAULT, bits=[2, 3, 4, 5, 6, 7, 8, 16, 32],
-                                          **{"optim.lr": 0.2})
-    # the step grows linearly above batch 128, warmed up over a tenth of the run and its
-    # gradient norm capped at LARGE_BATCH_GRAD_CLIP, and by the square root below
-    # (docs/benchmarks.md, "mebqat's step across batch sizes"). Batch 256, 2 bits at seeds
-    # 0 / 1 / 2: 0.4 cold diverged (17.5%); 0.283 (sqrt) 93.83 / 52.23 / 92.14; 0.4 warmed up
-    # 95.15 / 78.48 / 93.65; warmed up and capped 95.53 / 94.70 / 95.00 (anyprec 95.00 /
-    # 93.32 / 94.99). Batch 64: 0.141 (sqrt) 97.12, 0.1 (linear) 96.78. At 128 a warm-up cost
-    # 1.1 at 2 bits.
-    lr_batch_rule: ClassVar[str | None] = "sqrt_below"
-    large_batch_grad_clip: ClassVar[float | None] = LARGE_BATCH_GRAD_CLIP
+                                          **{"optim.lr": 0.4, "optim.grad_clip": GRAD_CLIP,
+                                             "optim.warmup_fraction": LARGE_BATCH_WARMUP})
+    lr_batch_rule: ClassVar[str | None] = "sqrt"
 
     meta_batch: int = Field(4, ge=1, description="tasks per mini-batch, the guaranteed ones included; at most one per valid pair")
     # on by default, as in the paper's ResNet-20 code: drawn, (1, 1) was in a fifth of the
