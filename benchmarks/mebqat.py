@@ -17,7 +17,7 @@
     python benchmarks/mebqat.py --quick    # small figures; 6.5 min measured on a loaded 2-core machine
     python benchmarks/mebqat.py --json > mebqat.json
 
-Part 1 trains every model with SGD at each method's own default (mebqat 0.2, qat 0.1 at
+Part 1 trains every model with SGD at each method's own default (mebqat 0.4 warmed up and capped, qat 0.1 at
 batch 128), or every model with the paper's AdamW 1e-3 (``--optim paper``). Every run is an ``mbq train`` argument list resolved by
 the command's own path (``mbq.cli.train.resolve_config``).
 
@@ -38,8 +38,8 @@ CANDIDATES = "2,3,4,5,6,7,8,16,32"
 DEDICATED = [2, 4, 8, 32]
 
 # Optimizer flags of the multi-width part, the same for every model. "sgd" gives none: each
-# method's own default, SGD with momentum 0.9, weight decay 5e-4 and a cosine schedule at 0.2
-# (mebqat: its loss is a mean over tasks) or 0.1 (qat) per 128 images. "paper" is what the
+# method's own default, SGD with momentum 0.9, weight decay 5e-4 and a cosine schedule at 0.4
+# (mebqat: its loss is a mean over tasks; warmed up, norm capped at 1) or 0.1 (qat) per 128 images. "paper" is what the
 # paper's code used (AdamW 1e-3):
 # with clamp-[0,1] activations it trains every quantized model (dedicated or not) very slowly at
 # this length (a dedicated W4A4 ResNet-20 reaches 82% after 6 epochs where SGD reaches 97%), so

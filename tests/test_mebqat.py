@@ -201,9 +201,11 @@ def test_train_records_method_defaults_and_bn_mode(mebqat_ckpt):
     from mbq.core.checkpoint import read_header
 
     cfg = json.loads(read_header(mebqat_ckpt)["mbq.config"])
-    # SGD at mebqat's 0.2 (batch 128), scaled by the square root of the run's batch (issue 14)
+    # SGD at mebqat's 0.4 (batch 128), scaled by the square root of the run's batch, warmed up
+    # over a tenth of the run and capped at norm 1 (issue 14)
     assert cfg["optim"]["optimizer"] == "sgd"
-    assert cfg["optim"]["lr"] == pytest.approx(0.2 * (cfg["data"]["batch_size"] / 128) ** 0.5)
+    assert cfg["optim"]["lr"] == pytest.approx(0.4 * (cfg["data"]["batch_size"] / 128) ** 0.5)
+    assert (cfg["optim"]["warmup_fraction"], cfg["optim"]["grad_clip"]) == (pytest.approx(0.1), 1.0)
     assert int(cfg["options"]["recal_batches"]) == 2
     pairs = json.loads(read_header(mebqat_ckpt)["mbq.pairs"])
     assert len(pairs) == len(valid_pairs([2, 4, 32]))
