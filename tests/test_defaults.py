@@ -99,8 +99,8 @@ def test_mebqat_rule_goes_with_its_optimizer():
     assert cfg.optim.lr == pytest.approx(1e-3 * 2.0)
 
 
-@pytest.mark.parametrize("rule, batch, factor", [("linear", 256, 2), ("sqrt", 256, 2 ** 0.5), ("sqrt_below", 256, 2),
-                                                 ("sqrt_below", 64, 0.5 ** 0.5), ("sqrt_below", 128, 1)])
+@pytest.mark.parametrize("rule, batch, factor", [("linear", 256, 2), ("linear", 64, 0.5), ("sqrt", 256, 2 ** 0.5),
+                                                 ("sqrt", 64, 0.5 ** 0.5), ("sqrt", 128, 1)])
 def test_lr_for_batch_rules(rule, batch, factor):
     from mbq.core.defaults import lr_for_batch
 

@@ -5,7 +5,6 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from ...defaults import LARGE_BATCH_WARMUP
 from ._bittasks import BitTaskOptions
 from ._multibit import PACT_DEFAULT
 
@@ -16,6 +15,7 @@ from ._multibit import PACT_DEFAULT
 # diverged at 5 000 images and with --bits 1,32), and mebqat reaches anyprec where at 0.2 it
 # trailed it by 1.4-3.9 points (docs/benchmarks.md, "mebqat's step, warmed up and capped")
 GRAD_CLIP = 1.0
+WARMUP_FRACTION = 0.1
 
 
 class MEBQATOptions(BitTaskOptions):
@@ -31,7 +31,7 @@ class MEBQATOptions(BitTaskOptions):
     # {2,4,8} but cost up to 3.8 points with 1 bit in the list (docs/benchmarks.md)
     train_defaults: ClassVar[dict] = dict(PACT_DEFAULT, bits=[2, 3, 4, 5, 6, 7, 8, 16, 32],
                                           **{"optim.lr": 0.4, "optim.grad_clip": GRAD_CLIP,
-                                             "optim.warmup_fraction": LARGE_BATCH_WARMUP})
+                                             "optim.warmup_fraction": WARMUP_FRACTION})
     lr_batch_rule: ClassVar[str | None] = "sqrt"
 
     meta_batch: int = Field(4, ge=1, description="tasks per mini-batch, the guaranteed ones included; at most one per valid pair")
