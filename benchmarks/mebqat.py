@@ -17,8 +17,8 @@
     python benchmarks/mebqat.py --quick    # small figures; 6.5 min measured on a loaded 2-core machine
     python benchmarks/mebqat.py --json > mebqat.json
 
-Part 1 trains every model with SGD at each method's own default (mebqat 0.4 warmed up and capped, qat 0.1 at
-batch 128), or every model with the paper's AdamW 1e-3 (``--optim paper``). Every run is an ``mbq train`` argument list resolved by
+Part 1 trains every model with SGD at each method's own default (mebqat 0.4, qat 0.2 at batch 128, each
+warmed up and capped), or every model with the paper's AdamW 1e-3 (``--optim paper``). Every run is an ``mbq train`` argument list resolved by
 the command's own path (``mbq.cli.train.resolve_config``).
 
 Progress goes to stderr; the tables (or one JSON document) to stdout.
@@ -39,8 +39,8 @@ DEDICATED = [2, 4, 8, 32]
 
 # Optimizer flags of the multi-width part, the same for every model. "sgd" gives none: each
 # method's own default, SGD with momentum 0.9, weight decay 5e-4 and a cosine schedule at 0.4
-# (mebqat: its loss is a mean over tasks; warmed up, norm capped at 1) or 0.1 (qat) per 128 images. "paper" is what the
-# paper's code used (AdamW 1e-3):
+# (mebqat: its loss is a mean over tasks; norm capped at 1) or 0.2 (qat; norm capped at 2) per
+# 128 images, warmed up over a tenth of the run. "paper" is what the paper's code used (AdamW 1e-3):
 # with clamp-[0,1] activations it trains every quantized model (dedicated or not) very slowly at
 # this length (a dedicated W4A4 ResNet-20 reaches 82% after 6 epochs where SGD reaches 97%), so
 # the comparison measures under-training rather than the method.
@@ -302,8 +302,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: shared machines)")
     ap.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     ap.add_argument("--optim", choices=sorted(OPTIMS), default=DEFAULT_OPTIM,
-                    help="optimizer of the multi-width part, the same for all models: sgd (SGD 0.1 "
-                         "momentum 0.9 cosine, mbq's default; trains every model well) or paper (AdamW "
+                    help="optimizer of the multi-width part, the same for all models: sgd (each method's "
+                         "own SGD step, momentum 0.9 cosine, mbq's default; trains every model well) or paper (AdamW "
                          "1e-3 as in the paper's code; the quantized models stay far from converged "
                          "at this length)")
     ap.add_argument("--parts", default="multiwidth,step_cost,fewshot",

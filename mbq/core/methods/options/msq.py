@@ -6,15 +6,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from ...config import MethodOptions
-
-# the step: 0.2 per 128 images, warmed up over a tenth of the run, the gradient norm capped at 2.
-# At the shared 0.1 the x16 model ended 1.5-2.2 points below fp in four 2-epoch cells (cnn,
-# width 0.5, 5 000 images, batch 256); 0.2 alone lifted the resnet20 cells by 0.4-1.3 but sent
-# the cnn to 66.82 and batch 256 (0.4) to 16.10; capped and warmed up it ended within 0.81 of
-# fp in every cell (docs/benchmarks.md, "msq's step")
-LR = 0.2
-WARMUP_FRACTION = 0.1
-GRAD_CLIP = 2.0
+from ._step import SINGLE_MODEL_STEP
 
 
 class MSQOptions(MethodOptions):
@@ -22,8 +14,9 @@ class MSQOptions(MethodOptions):
 
     # one range per layer before w_scale existed
     recorded_in_quant: ClassVar[dict] = {"weight_scale": ("w_scale", "tensor")}
-    train_defaults: ClassVar[dict] = {"optim.lr": LR, "optim.warmup_fraction": WARMUP_FRACTION,
-                                      "optim.grad_clip": GRAD_CLIP}
+    # the single-model step (_step.py): at the shared 0.1 the x16 model ended 1.5-2.2 points
+    # below fp in four 2-epoch cells; warmed up and capped, within 0.81 of fp in every cell
+    train_defaults: ClassVar[dict] = dict(SINGLE_MODEL_STEP)
 
     target_compression: float = Field(
         16.0, ge=1.0, description="stop pruning once 32*sum(N)/sum(bits*N) reaches this (16 = 2-bit average)")
