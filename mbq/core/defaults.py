@@ -18,14 +18,17 @@ EVAL_BATCH = 128
 
 # warm-up, as a fraction of the run, of a method whose step grows linearly above REF_BATCH
 LARGE_BATCH_WARMUP = 0.1
-LR_RULES = ("linear", "sqrt")
+LR_RULES = ("linear", "sqrt", "sqrt_above")
 
 
 def lr_for_batch(lr: float, optimizer: str, batch: int, ref: int = REF_BATCH,
                  rule: str | None = None) -> float:
-    """``rule``: "linear" or "sqrt"; None picks by optimizer (linear for SGD, sqrt for Adam)."""
+    """``rule``: "linear", "sqrt", or "sqrt_above" (linear up to ``ref``, the square root above
+    it); None picks by optimizer (linear for SGD, sqrt for Adam)."""
     r = batch / ref
     rule = rule or ("linear" if optimizer == "sgd" else "sqrt")
     if rule not in LR_RULES:
         raise ValueError(f"unknown LR batch rule {rule!r}")
+    if rule == "sqrt_above":
+        rule = "linear" if r <= 1 else "sqrt"
     return lr * r if rule == "linear" else lr * r ** 0.5

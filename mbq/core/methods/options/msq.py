@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from ...config import MethodOptions
-from ._step import SINGLE_MODEL_STEP
+from ._step import LR_BATCH_RULE, SINGLE_MODEL_STEP
 
 
 class MSQOptions(MethodOptions):
@@ -17,6 +17,7 @@ class MSQOptions(MethodOptions):
     # the single-model step (_step.py): at the shared 0.1 the x16 model ended 1.5-2.2 points
     # below fp in four 2-epoch cells; warmed up and capped, within 0.81 of fp in every cell
     train_defaults: ClassVar[dict] = dict(SINGLE_MODEL_STEP)
+    lr_batch_rule: ClassVar[str] = LR_BATCH_RULE
 
     target_compression: float = Field(
         16.0, ge=1.0, description="stop pruning once 32*sum(N)/sum(bits*N) reaches this (16 = 2-bit average)")
