@@ -14,8 +14,8 @@ class MSQOptions(MethodOptions):
 
     # one range per layer before w_scale existed
     recorded_in_quant: ClassVar[dict] = {"weight_scale": ("w_scale", "tensor")}
-    # the single-model step (_step.py): at the shared 0.1 the x16 model ended 1.5-2.2 points
-    # below fp in four 2-epoch cells; warmed up and capped, within 0.81 of fp in every cell
+    # the single-model step, shared with fp and qat (_step.py): at the shared 0.1 the x16 model
+    # ended 1.5-2.2 points below fp in four 2-epoch cells
     train_defaults: ClassVar[dict] = dict(SINGLE_MODEL_STEP)
     lr_batch_rule: ClassVar[str] = LR_BATCH_RULE
 
