@@ -127,7 +127,7 @@ class MethodOptions(_Strict):
 
     # shared flags this method defaults differently, e.g. {"optim.lr": 0.2} (at REF_BATCH)
     train_defaults: ClassVar[dict] = {}
-    # how the default LR follows the batch: None by optimizer, or "linear" / "sqrt"
+    # how the default LR follows the batch: None by optimizer, or one of mbq.core.defaults.LR_RULES
     lr_batch_rule: ClassVar[str | None] = None
     # options whose default changed, as {option: (quant field, value before the field existed)}:
     # a checkpoint that does not record the option takes it from its quant config, so it
