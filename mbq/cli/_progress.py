@@ -50,6 +50,8 @@ class TrainReporter:
         vs = " ".join(f"{k}:{v:.2f}" for k, v in val.items())
         extra = {k: v for k, v in m.items() if k in ("compression", "avg_bits", "coreset_size")}
         ex = " ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in extra.items())
+        if "clipped" in m:
+            ex = f"{ex} grad-norm {m['grad_norm']:.2f} (capped on {m['clipped']:.0%} of steps)".strip()
         line = (f"epoch {m['epoch']}/{self.epochs}  loss {m['train_loss']:.4f}  acc {m['train_acc']:.2f}%  "
                 f"val top-1 [{vs}]  {m['images_per_s']:,.0f} img/s  {m['wall_s']:.1f}s {ex}")
         if self.progress is not None:

@@ -162,10 +162,24 @@ def build_optimizer(params, oc) -> torch.optim.Optimizer:
     return cls(params, lr=oc.lr, weight_decay=oc.weight_decay)
 
 
-def clip_gradients(params, max_norm: float | None) -> None:
-    """Cap the total gradient norm at ``max_norm`` (0 or None: leave the gradients alone)."""
+def clip_gradients(params, max_norm: float | None) -> torch.Tensor | None:
+    """Cap the total gradient norm at ``max_norm`` (0 or None: leave the gradients alone);
+    returns the norm before the cap, or None when there is no cap."""
     if max_norm:
-        nn.utils.clip_grad_norm_(params, max_norm)
+        return nn.utils.clip_grad_norm_(params, max_norm)
+    return None
+
+
+def _grad_norm_metrics(norms: list[torch.Tensor], max_norm: float | None) -> dict:
+    """An epoch's pre-cap gradient norms as the median and the fraction of steps the cap
+    shrank: whether a cap shapes the run or only catches spikes."""
+    if not norms or not max_norm:
+        return {}
+    t = torch.stack([n.detach().float().cpu() for n in norms])  # one sync per epoch, not per step
+    finite = t[torch.isfinite(t)]
+    if finite.numel() == 0:
+        return {}
+    return {"grad_norm": float(finite.median()), "clipped": float((t > max_norm).float().mean())}
 
 
 def build_scheduler(opt, oc, epochs: int, steps_per_epoch: int):
@@ -350,13 +364,16 @@ def _run_epoch(ctx: TrainContext, epoch: int, steps: int) -> dict:
     tot_loss = tot_acc = 0.0
     n_steps = n_samples = 0
     per_key: dict[str, float] = {}
+    norms: list[torch.Tensor] = []
     for i, batch in enumerate(method.epoch_batches(ctx, epoch)):
         ctx.optimizer.zero_grad(set_to_none=True)
         stats = method.train_step(ctx, batch)
         if ctx.world_size > 1:
             dist.average_gradients(model)
         method.before_optimizer_step(ctx)
-        clip_gradients(model.parameters(), ctx.cfg.optim.grad_clip)
+        norm = clip_gradients(model.parameters(), ctx.cfg.optim.grad_clip)
+        if norm is not None:
+            norms.append(norm)
         ctx.optimizer.step()
         ctx.scheduler.step()
         ctx.global_step += 1
@@ -377,6 +394,7 @@ def _run_epoch(ctx: TrainContext, epoch: int, steps: int) -> dict:
                "images_per_s": n_samples * ctx.world_size / max(wall, 1e-9), "wall_s": wall,
                "steps": n_steps}
     metrics.update({k: v / max(n_steps, 1) for k, v in per_key.items()})
+    metrics.update(_grad_norm_metrics(norms, ctx.cfg.optim.grad_clip))
     if ctx.val_set is not None:
         metrics["val_top1"] = _eval_settings(ctx, ctx.val_set)
     metrics.update(extra)
