@@ -190,24 +190,36 @@ def test_emq_given_fraction_is_kept_and_sets_its_optimizer_defaults():
 
 
 def test_emq_caps_the_summed_gradient_unless_told_otherwise():
-    from mbq.core.methods.options.emq import GRAD_CLIP
+    from mbq.core.methods.options.emq import GRAD_CLIP, SMALL_BATCH_GRAD_CLIP
 
-    assert _cfg("--method", "emq", "--bits", "2,4,8").optim.grad_clip == GRAD_CLIP
-    assert _cfg("--method", "emq", "--bits", "2,4,8", "--grad-clip", "2").optim.grad_clip == 2
+    assert _cfg("--method", "emq", "--bits", "2,4,8", "--epochs", "2").optim.grad_clip == GRAD_CLIP
+    assert _cfg("--method", "emq", "--bits", "2,4,8").optim.grad_clip == SMALL_BATCH_GRAD_CLIP  # f = 0.2
+    assert _cfg("--method", "emq", "--bits", "2,4,8", "--grad-clip", "3").optim.grad_clip == 3
     assert _cfg("--method", "emq", "--bits", "2,4,8", "--grad-clip", "0").optim.grad_clip == 0  # off
     assert _cfg("--method", "anyprec", "--bits", "2,4,8").optim.grad_clip is None  # at batch 128
 
 
-@pytest.mark.parametrize("batch, large", [(64, False), (128, False), (256, True), (512, True)])
-def test_emq_cap_tightens_with_the_large_batch_step(batch, large):
-    # batch 256, seed 1: capped at 5 the run ended ~2 points behind anyprec; at 2, ahead
-    from mbq.core.methods.options.emq import GRAD_CLIP, LARGE_BATCH_GRAD_CLIP
+# (batch, epochs, --coreset-fraction or None for the epochs rule, cap 2 expected)
+@pytest.mark.parametrize("batch, epochs, fraction, tight", [
+    (128, 2, None, True),     # f = 1: every width trains on whole batches of 128
+    (128, 4, None, False),    # f = 0.5: batches of 64
+    (128, 10, None, False),   # f = 0.2
+    (128, 2, "0.99", False),
+    (64, 2, None, False),     # f = 1 at batch 64
+    (256, 2, None, True),     # the step grew with the batch
+    (256, 10, None, True),    # ... whatever each width's batch
+    (512, 4, "0.5", True),
+])
+def test_emq_cap_follows_each_widths_batch(batch, epochs, fraction, tight):
+    # batch 128 at f = 1 gained at 4 / 8 bits with 2; batch 64 and f = 0.2 lost 2 bits with it;
+    # batch 256, seed 1: capped at 5 the run ended ~2 points behind anyprec, at 2 ahead
+    from mbq.core.methods.options.emq import GRAD_CLIP, SMALL_BATCH_GRAD_CLIP
 
-    cfg = _cfg("--method", "emq", "--bits", "2,4,8", "--batch-size", str(batch))
-    assert cfg.optim.grad_clip == (LARGE_BATCH_GRAD_CLIP if large else GRAD_CLIP)
-    assert LARGE_BATCH_GRAD_CLIP < GRAD_CLIP
-    assert _cfg("--method", "emq", "--bits", "2,4,8", "--batch-size", str(batch),
-                "--grad-clip", "0").optim.grad_clip == 0
+    args = ["--method", "emq", "--bits", "2,4,8", "--batch-size", str(batch), "--epochs", str(epochs)]
+    args += ["--coreset-fraction", fraction] if fraction else []
+    assert _cfg(*args).optim.grad_clip == (GRAD_CLIP if tight else SMALL_BATCH_GRAD_CLIP)
+    assert GRAD_CLIP < SMALL_BATCH_GRAD_CLIP
+    assert _cfg(*args, "--grad-clip", "0").optim.grad_clip == 0
 
 
 def test_grad_clip_zero_means_no_clipping():

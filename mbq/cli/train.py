@@ -193,7 +193,7 @@ def train(
     schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = "cosine",
     warmup: Annotated[float, typer.Option(help="Linear warm-up epochs (shorter than the run).")] = 0.0,
     warmup_fraction: Annotated[float, typer.Option(help="Linear warm-up as a fraction of the run's steps, in [0, 1) (default: the method's, see --lr; 0 for the others).")] = 0.0,
-    grad_clip: Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this (0: no clipping; by default fp, qat and msq clip at 2; emq at 5, or 2 above batch 128; mebqat at 1; anyprec at 2 above batch 128).")] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this (0: no clipping; by default fp, qat and msq clip at 2; emq at 2 where each width's batch (coreset fraction x batch) holds 128 images or the batch is above 128, else 5; mebqat at 1; anyprec at 2 above batch 128).")] = None,
     quantizer: Annotated[Optional[str], typer.Option(help="dorefa (DoReFa weights, clamp acts), sat (DoReFa weights, PACT acts: the default of qat, emq, mebqat and the episodic methods; anyprec defaults to PACT with a clip scaled per width), lsq, roundclamp.")] = None,
     act_quantizer: Annotated[Optional[str], typer.Option(help="clamp, pact, pact_width (one learned clip, used at alpha * r(bits): the default of anyprec), lsq or none.")] = None,
     first_last_bits: Annotated[Optional[int], typer.Option(help="Bits of the first conv and last linear (32 = float).")] = None,

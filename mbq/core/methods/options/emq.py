@@ -22,13 +22,15 @@ WARMUP_FRACTION = 0.05  # of the run's steps (one epoch was half of a 2-epoch ru
 MIN_CORESET_BATCH = 16  # BatchNorm statistics of a smaller batch are too noisy
 # cap on the norm of the summed children's gradient: every width pushes the one shared BN
 # affine, and without a cap the first steps of short or large-batch runs diverge
-# (batch 256, 2 epochs: 28% top-1 at every width; capped: 96.6 / 95.4 / 96.5, docs/emq.md)
-GRAD_CLIP = 5.0
-# the cap with the large-batch step (--batch-size above 128, where the LR grows linearly): a
-# step's gradient norm shrinks with the batch, so 5 no longer caught the spikes of a run whose
-# step doubled (batch 256, 2 epochs, 2 bits at seeds 1 / 2: 92.54 / 89.43 at 5, 96.19 / 96.12
-# at 2; anyprec 93.32 / 94.99; docs/emq.md)
-LARGE_BATCH_GRAD_CLIP = 2.0
+# (batch 256, 2 epochs: 28% top-1 at every width; capped: 96.6 / 95.4 / 96.5, docs/emq.md).
+# 2 where each width trains on whole batches of 128 or more (batch 128 at f = 1, 2 epochs:
+# width 0.5 95.90 / 96.93 / 96.80 -> 96.28 / 97.72 / 97.77 at 2 / 4 / 8 bits, 5 000 images
+# 4 / 8 bits +0.7 / +1.0; batch 256, seeds 1 / 2: 2 bits 92.54 / 89.43 at 5, 96.19 / 96.12 at 2)
+GRAD_CLIP = 2.0
+# 5 where a width's batch (f x --batch-size) is smaller and the step did not grow with the batch:
+# a smaller batch's gradient is noisier and its norm larger, and 2 cost the 2 bits of batch 64
+# (97.65 -> 97.39) and of f = 0.2 at 10 epochs (98.77 -> 98.64) (docs/benchmarks.md)
+SMALL_BATCH_GRAD_CLIP = 5.0
 # images on which training's end measures the BN statistics of every width it did not train: the
 # interpolated estimate can miss badly where a width's activation quantization shifts a
 # layer's statistics out of its neighbours' range (5 000 images, seed 1: 3 bits 63.90, 95.55
@@ -41,6 +43,14 @@ SAMPLINGS = ("weighted", "stratified", "topk", "random")
 def auto_fraction(epochs: int) -> float:
     """The default coreset fraction: two passes over the data per width, 0.2 at most."""
     return round(min(1.0, max(DEFAULT_FRACTION, 2.0 / max(1, epochs))), 4)
+
+
+def default_grad_clip(fraction: float, batch_size: int) -> float:
+    """The default cap: GRAD_CLIP where a width's batch holds REF_BATCH images or more, or where
+    the step grew with --batch-size (above REF_BATCH); SMALL_BATCH_GRAD_CLIP otherwise."""
+    if batch_size > REF_BATCH or fraction * batch_size >= REF_BATCH:
+        return GRAD_CLIP
+    return SMALL_BATCH_GRAD_CLIP
 
 
 class EMQOptions(MultiBitOptions):
@@ -61,8 +71,7 @@ class EMQOptions(MultiBitOptions):
         (docs/emq.md, "Choosing the defaults"). Each width's batch is f x --batch-size, so
         an epoch has as many steps as plain training; the LR at batch 128 is BASE_LR / sqrt(f)
         and the decay 5e-4 / f (f = 1: anyprec's 0.2 and 5e-4). The summed gradient's
-        norm is capped at GRAD_CLIP, or LARGE_BATCH_GRAD_CLIP above batch 128 (--grad-clip 0
-        turns the cap off).
+        norm is capped as ``default_grad_clip`` says (--grad-clip 0 turns the cap off).
         """
         options = dict(options)
         if "coreset_fraction" not in options and not options.get("coreset"):
@@ -76,8 +85,7 @@ class EMQOptions(MultiBitOptions):
         return options, dict(cls.train_defaults, **{"optim.lr": round(BASE_LR / f ** 0.5, 4),
                                                     "optim.weight_decay": 5e-4 / f,
                                                     "optim.warmup_fraction": WARMUP_FRACTION,
-                                                    "optim.grad_clip": GRAD_CLIP if batch_size <= REF_BATCH
-                                                    else LARGE_BATCH_GRAD_CLIP})
+                                                    "optim.grad_clip": default_grad_clip(f, batch_size)})
 
     wbc: bool = Field(True, description="weight bias correction: match each quantized filter's "
                                         "mean/std to the FP path's, at every width")
