@@ -124,6 +124,7 @@ class _Clock:
     def __init__(self):
         self.start = self.end = None
         self.losses: list[float] = []
+        self.clipped: list[float] = []  # per epoch, where a cap is set: steps the cap shrank
 
     def __call__(self, event, **d):
         if event == "start":
@@ -131,6 +132,8 @@ class _Clock:
         elif event == "epoch":
             self.end = time.perf_counter()
             self.losses.append(d["train_loss"])
+            if "clipped" in d:
+                self.clipped.append(round(d["clipped"], 4))
             _log(f"    epoch {d['epoch']}: loss {d['train_loss']:.3f}  {d['wall_s']:.1f}s")
         elif event == "trained":  # after the method's finishing pass (EMQ's untrained-width BN)
             self.end = time.perf_counter()
@@ -177,7 +180,8 @@ def run_one(cell_name: str, method: str, folder: Path, seed: int) -> dict:
             "optim": cfg.optim.model_dump(include={"optimizer", "lr", "weight_decay", "warmup_epochs",
                                                    "warmup_fraction", "grad_clip"}),
             "train_s": clock.end - clock.start, "total_s": time.perf_counter() - t0,
-            "train_loss": clock.losses, "top1": top1, "problems": health.get("problems", [])}
+            "train_loss": clock.losses, "top1": top1, "problems": health.get("problems", []),
+            **({"clipped": clock.clipped} if clock.clipped else {})}
 
 
 # --- targets ------------------------------------------------------------------------------

@@ -309,11 +309,11 @@ def test_benchmark_clock_times_training_to_the_end_of_the_finishing_pass(monkeyp
     monkeypatch.setattr(bench.time, "perf_counter", lambda: next(ticks))
     clock = bench._Clock()
     clock("start", epochs=1)
-    clock("epoch", epoch=1, train_loss=0.5, wall_s=4.0)
+    clock("epoch", epoch=1, train_loss=0.5, wall_s=4.0, grad_norm=1.5, clipped=0.25)
     clock("log", message="emq: measuring BatchNorm statistics")
     clock("trained")
     clock("done", test={}, out="x")
-    assert (clock.start, clock.end, clock.losses) == (1.0, 9.0, [0.5])
+    assert (clock.start, clock.end, clock.losses, clock.clipped) == (1.0, 9.0, [0.5], [0.25])
     assert "epoch 1: loss 0.500" in capsys.readouterr().err
 
 
