@@ -25,7 +25,8 @@ MIN_CORESET_BATCH = 16  # BatchNorm statistics of a smaller batch are too noisy
 # (batch 256, 2 epochs: 28% top-1 at every width; capped: 96.6 / 95.4 / 96.5, docs/emq.md).
 # 2 where each width trains on whole batches of 128 or more (batch 128 at f = 1, 2 epochs:
 # width 0.5 95.90 / 96.93 / 96.80 -> 96.28 / 97.72 / 97.77 at 2 / 4 / 8 bits, 5 000 images
-# 4 / 8 bits +0.7 / +1.0; batch 256, seeds 1 / 2: 2 bits 92.54 / 89.43 at 5, 96.19 / 96.12 at 2)
+# 4 / 8 bits +0.7 / +1.0; ahead in 25 of 27 seed-width pairs over three seeds and three cells;
+# batch 256, seeds 1 / 2: 2 bits 92.54 / 89.43 at 5, 96.19 / 96.12 at 2)
 GRAD_CLIP = 2.0
 # 5 where a width's batch (f x --batch-size) is smaller and the step did not grow with the batch:
 # a smaller batch's gradient is noisier and its norm larger, and 2 cost the 2 bits of batch 64
