@@ -12,9 +12,20 @@ step" and "fp's and qat's step".
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
+from ...config import MethodOptions
+
 LR = 0.2
 WARMUP_FRACTION = 0.1
 GRAD_CLIP = 2.0
 LR_BATCH_RULE = "sqrt_above"
 SINGLE_MODEL_STEP = {"optim.lr": LR, "optim.warmup_fraction": WARMUP_FRACTION,
                      "optim.grad_clip": GRAD_CLIP}
+
+
+class SingleModelStepOptions(MethodOptions):
+    """Base of the single-model methods' options: the step above, and its batch rule."""
+
+    train_defaults: ClassVar[dict] = dict(SINGLE_MODEL_STEP)
+    lr_batch_rule: ClassVar[str] = LR_BATCH_RULE

@@ -5,19 +5,16 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from ...config import MethodOptions
-from ._step import LR_BATCH_RULE, SINGLE_MODEL_STEP
+from ._step import SingleModelStepOptions
 
 
-class MSQOptions(MethodOptions):
+# the single-model step, shared with fp and qat (_step.py): at the shared 0.1 the x16 model
+# ended 1.5-2.2 points below fp in four 2-epoch cells
+class MSQOptions(SingleModelStepOptions):
     """MSQ: RoundClamp weights, LSB-residual regularizer, Hessian-guided bit pruning."""
 
     # one range per layer before w_scale existed
     recorded_in_quant: ClassVar[dict] = {"weight_scale": ("w_scale", "tensor")}
-    # the single-model step, shared with fp and qat (_step.py): at the shared 0.1 the x16 model
-    # ended 1.5-2.2 points below fp in four 2-epoch cells
-    train_defaults: ClassVar[dict] = dict(SINGLE_MODEL_STEP)
-    lr_batch_rule: ClassVar[str] = LR_BATCH_RULE
 
     target_compression: float = Field(
         16.0, ge=1.0, description="stop pruning once 32*sum(N)/sum(bits*N) reaches this (16 = 2-bit average)")
