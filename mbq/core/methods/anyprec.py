@@ -2,10 +2,10 @@
 
 Switchable BatchNorm (one BN per trained width), every width on every
 mini-batch, cross-entropy at every width (``--kd recursive``: the paper's
-distillation from the next-higher width), one optimizer step. A width it never trained borrows the BN of the nearest trained width,
-whose statistics are re-estimated on training batches for the evaluation and
-put back at the next ``apply_setting`` (so evaluating never changes what a
-checkpoint holds).
+distillation from the next-higher width), one optimizer step. A width it never
+trained borrows the BN of the nearest trained width, whose statistics are
+re-estimated on training batches for the evaluation and put back at the next
+``apply_setting`` (so evaluating never changes what a checkpoint holds).
 """
 from __future__ import annotations
 

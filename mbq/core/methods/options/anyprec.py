@@ -30,9 +30,9 @@ class AnyPrecOptions(MultiBitOptions):
         "trained", description="widths validated each epoch and tested at the end: trained, all "
                                "(untrained widths get BN re-calibration), or a list such as 2,3,4")
     # none, not the paper's recursive KD: a lower width learning from a higher width that is itself
-    # still learning trailed cross-entropy at every width of every 2- and 4-epoch cell measured
-    # (2 bits: centre 96.95 -> 97.60, width 0.5 95.80 -> 96.59, 5 000 images 94.08 -> 95.30;
-    # docs/benchmarks.md, "anyprec's distillation")
+    # still learning trailed capped cross-entropy in every cell measured, 2 to 10 epochs (2 bits:
+    # centre 96.95 -> 97.60, width 0.5 95.80 -> 96.59, 5 000 images 94.08 -> 95.30, 10 epochs
+    # 99.03 -> 99.13; docs/benchmarks.md, "anyprec's distillation")
     kd: Literal["recursive", "none"] = Field(
         "none", description="none: cross-entropy at every width; recursive (Any-Precision's recipe): "
                             "each lower width learns from the next-higher width's output (soft "
