@@ -568,3 +568,16 @@ def test_a_bad_run_shape_in_a_config_file_is_one_line_and_exit_2(tmp_path, line,
     assert res.exit_code == 2, res.output
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in res.output
+
+
+def test_benchmark_reports_the_dedicated_2_bit_model_without_judging_it():
+    bench = _bench()
+    cell = dict(bench.CELLS["c2e-r20h"])
+    rows = [{"method": "qat", "name": "qat2", "config": cell, "top1": {"2": 96.10}, "train_s": 60},
+            {"method": "anyprec", "config": cell, "top1": {"8": 97.4, "4": 97.3, "2": 96.6}, "train_s": 90}]
+    lines = bench.check_cell(rows)
+    assert "     qat2, a dedicated W2A2 model at this budget: 96.10" in lines
+    assert [ln for ln in lines if "2..8 bits" in ln] == [
+        "MISS anyprec 2..8 bits >= 97% (below: {'2': 96.6})"]
+    argv = bench.argv_for(cell, "qat2", "x.safetensors")
+    assert resolve_config(argv).bits == [2] and resolve_config(argv).method == "qat"

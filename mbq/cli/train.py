@@ -88,12 +88,36 @@ def _int_or(value, default: int) -> int:
         return default
 
 
-def build_config(values: dict, explicit: set[str], file_values: dict, extra_args: list[str]):
-    """Merge config file < flags, validate, return a TrainConfig."""
+def _flag(dotted: str) -> str:
+    """``optim.lr`` -> ``--lr``, ``options.coreset_fraction`` -> ``--coreset-fraction``."""
+    if dotted.startswith("options."):
+        return "--" + dotted[8:].replace("_", "-")
+    if dotted == "model.kwargs.expand":
+        return "--width"
+    names = [k for k, v in _MAP.items() if v == dotted]
+    return "--" + (names[0] if names else dotted).replace("_", "-")
+
+
+def _given_fields(explicit: set[str], file_values: dict, options: set[str]) -> set[str]:
+    """The dotted fields a command sets: its flags, its config file and its method options."""
+    names = {k for k in explicit | set(file_values) if k in _MAP}
+    fields = {_MAP[k] for k in names} | {f"options.{k}" for k in options}
+    if "quantizer" in names:
+        fields.add("quant.act")  # a preset sets both
+    if "width" in names:
+        fields.add("model.kwargs.expand")
+    return fields
+
+
+def build_config(values: dict, explicit: set[str], file_values: dict, extra_args: list[str],
+                 notes: list[str] | None = None):
+    """Merge config file < flags, validate, return a TrainConfig. With --resume, the saved
+    run's configuration wins over defaults (mbq.core.resume); ``notes`` gets what it kept."""
     from pydantic import ValidationError
 
     from mbq.core.config import DataConfig, TrainConfig, format_validation_error, parse_bits
     from mbq.core.errors import MbqError
+    from mbq.core.resume import resume_config, saved_config
 
     from ._method_options import parse_method_args
 
@@ -104,6 +128,9 @@ def build_config(values: dict, explicit: set[str], file_values: dict, extra_args
             merged[k] = v
         elif k not in _MAP:
             file_opts[k] = v
+    saved = saved_config(Path(merged.get("out") or "runs/model.safetensors")) if merged.get("resume") else None
+    if saved is not None and "method" not in explicit and "method" not in file_values:
+        merged["method"] = saved.method  # `mbq train --out RUN --resume` is enough
     doc: dict = {}
     for k, v in merged.items():
         if v is None:
@@ -132,6 +159,7 @@ def build_config(values: dict, explicit: set[str], file_values: dict, extra_args
     opts_cls = options_class(method)  # unknown method -> MbqError
     opts = {k.replace("-", "_"): v for k, v in file_opts.items()}
     opts.update(parse_method_args(method, extra_args))
+    given_options = set(opts)
     epochs = _int_or(doc.get("epochs"), TrainConfig.model_fields["epochs"].default)
     batch = _int_or(doc.get("data", {}).get("batch_size"), DataConfig.model_fields["batch_size"].default)
     opts, defaults = opts_cls.run_defaults(opts, epochs, batch)
@@ -147,6 +175,11 @@ def build_config(values: dict, explicit: set[str], file_values: dict, extra_args
         raise MbqError(_flag_names(format_validation_error(e))) from None
     if not _given("optim.lr", explicit, file_values):
         _scale_lr(cfg, opts_cls)
+    if saved is not None:
+        cfg, kept = resume_config(cfg, saved, _given_fields(explicit, file_values, given_options), _flag)
+        if notes is not None and kept:
+            notes.append("--resume: continuing with the run's own settings where this command alone "
+                         "would differ: " + "; ".join(kept))
     return cfg
 
 
@@ -199,7 +232,7 @@ def train(
     first_last_bits: Annotated[Optional[int], typer.Option(help="Bits of the first conv and last linear (32 = float).")] = None,
     init: Annotated[Optional[Path], typer.Option(help="Start from an mbq checkpoint or a torchvision state_dict file.")] = None,
     out: Annotated[Path, typer.Option(help="Checkpoint to write (.safetensors).")] = Path("runs/model.safetensors"),
-    resume: Annotated[bool, typer.Option(help="Continue the run saved at --out.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run saved at --out with the settings it began with (its .config.json): flags left out take the run's values, contradicting ones are refused; --epochs may lengthen it.")] = False,
     amp: Annotated[bool, typer.Option(help="bfloat16 autocast on CUDA.")] = True,
     health_check: Annotated[bool, typer.Option("--health-check/--no-health-check", help="Exit 1 when a trained width ends near chance or the training loss climbs over the last epochs (--no-health-check: report it, exit 0; for smoke runs).")] = True,
     config: ConfigOpt = None,
@@ -212,7 +245,12 @@ def train(
     explicit = explicit_params(ctx)
     values = dict(ctx.params)
     file_values = read_config_file(config)
-    cfg = build_config(values, explicit, file_values, list(ctx.args))
+    notes: list[str] = []
+    cfg = build_config(values, explicit, file_values, list(ctx.args), notes)
+    if notes and not quiet:
+        from ._common import stderr_console
+        for line in notes:
+            stderr_console().print(line, highlight=False, markup=False, soft_wrap=True)
     if cfg.out.suffix != ".safetensors":
         from mbq.core.errors import MbqError
         raise MbqError(f"--out must end in .safetensors (got {cfg.out})")

@@ -7,7 +7,7 @@ Shared sections live here; each method adds its own options class
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from .defaults import EVAL_BATCH, LARGE_BATCH_WARMUP, REF_BATCH
@@ -133,6 +133,10 @@ class MethodOptions(_Strict):
     # a checkpoint that does not record the option takes it from its quant config, so it
     # rebuilds as it was trained (mbq.core.checkpoint)
     recorded_in_quant: ClassVar[dict[str, tuple[str, str]]] = {}
+
+    # options whose default changed before runs recorded every option, as {option: the old
+    # default}: ``--resume`` of such a run continues it with the value it began with
+    unrecorded_defaults: ClassVar[dict[str, Any]] = {}
 
     # a method whose step grows linearly above REF_BATCH sets this: there its step is warmed up
     # over LARGE_BATCH_WARMUP of the run and its gradient norm capped at this value

@@ -22,6 +22,7 @@ from torch import nn
 
 from . import _distributed as dist
 from ._atomic import atomic_path
+from ._runfiles import config_path, metrics_path, state_path
 from .checkpoint import read_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import BatchLoader, create_dataset, split_holdout, take_subset
@@ -59,18 +60,6 @@ def seed_everything(seed: int) -> None:
         np.random.seed(seed % 2**32)
     except ImportError:
         pass
-
-
-def state_path(out: Path) -> Path:
-    return out.with_name(out.name.removesuffix(".safetensors") + ".state.pt")
-
-
-def metrics_path(out: Path) -> Path:
-    return out.with_name(out.name.removesuffix(".safetensors") + ".metrics.jsonl")
-
-
-def config_path(out: Path) -> Path:
-    return out.with_name(out.name.removesuffix(".safetensors") + ".config.json")
 
 
 @dataclass
@@ -202,12 +191,18 @@ def build_scheduler(opt, oc, epochs: int, steps_per_epoch: int):
 
 # --- checkpoints -------------------------------------------------------------------------
 
+def run_record(cfg: TrainConfig, method: Method) -> dict:
+    """The run's configuration with every method option, defaults included, so that the
+    record (and ``--resume``) says what the run did whatever later defaults become."""
+    return dict(cfg.model_dump(mode="json"), options=method.opts.model_dump(mode="json"))
+
+
 def checkpoint_meta(ctx: TrainContext, metrics: dict) -> dict:
     cfg = ctx.cfg
     meta = {"mbq.method": cfg.method, "mbq.arch": cfg.model.arch,
             "mbq.num_classes": str(cfg.model.num_classes), "mbq.in_channels": str(cfg.model.in_channels),
             "mbq.image_size": str(cfg.model.image_size), "mbq.dataset": dataset_meta(ctx.train_set),
-            "mbq.bits": ctx.method.trained_bits(), "mbq.config": cfg.model_dump(mode="json"),
+            "mbq.bits": ctx.method.trained_bits(), "mbq.config": run_record(cfg, ctx.method),
             "mbq.metrics": metrics}
     meta.update(ctx.method.metadata(ctx))
     return meta
@@ -319,7 +314,7 @@ def train(cfg: TrainConfig, method: Method, report: Reporter = _null_reporter) -
     method.setup(ctx)
     if rank == 0:
         from ._atomic import atomic_write_text
-        atomic_write_text(config_path(out), cfg.model_dump_json(indent=2))
+        atomic_write_text(config_path(out), json.dumps(run_record(cfg, method), indent=2))
         if resume_state is None and metrics_path(out).exists():
             metrics_path(out).unlink()  # a fresh run starts a fresh log
 

@@ -33,6 +33,8 @@ class AnyPrecOptions(MultiBitOptions):
     # still learning trailed capped cross-entropy in every cell measured, 2 to 10 epochs (2 bits:
     # centre 96.95 -> 97.60, width 0.5 95.80 -> 96.59, 5 000 images 94.08 -> 95.30, 10 epochs
     # 99.03 -> 99.13; docs/benchmarks.md, "anyprec's distillation")
+    # the default of every anyprec run that began before options were recorded whole
+    unrecorded_defaults: ClassVar[dict] = {"kd": "recursive"}
     kd: Literal["recursive", "none"] = Field(
         "none", description="none: cross-entropy at every width; recursive (Any-Precision's recipe): "
                             "each lower width learns from the next-higher width's output (soft "
