@@ -59,7 +59,7 @@ def test_repeating_the_command_and_lengthening_the_run_is_allowed(tmp_path):
     assert cfg.epochs == 4 and cfg.device == "cpu" and cfg.resume
     # the coreset fraction, step and cap the 2-epoch run resolved, not the 4-epoch rule's
     assert method_options(cfg)["coreset_fraction"] == 1.0
-    assert "--coreset-fraction 1.0 (this command alone: 0.5)" in notes[0] and "--bits" not in notes[0]
+    assert "--coreset-fraction 1 (this command alone: 0.5)" in notes[0] and "--bits" not in notes[0]
 
 
 @pytest.mark.parametrize("flags,needle", [
@@ -110,5 +110,7 @@ def test_a_run_records_every_option_and_resumes_from_the_out_path_alone(tmp_path
                             "--no-health-check"])
     assert r.exit_code == 0, r.output
     assert set(json.loads(r.stdout)["top1"]) == {"2", "8"}
+    assert "--bits 2,8 (this command alone: 4)" in r.stderr and "--arch cnn" in r.stderr
+    assert "num-classes" not in r.stderr  # set from the data, not by a flag: no news
     lines = out.with_name("a.metrics.jsonl").read_text().splitlines()
     assert [json.loads(s)["epoch"] for s in lines] == [1, 2]

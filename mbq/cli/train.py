@@ -88,14 +88,15 @@ def _int_or(value, default: int) -> int:
         return default
 
 
-def _flag(dotted: str) -> str:
-    """``optim.lr`` -> ``--lr``, ``options.coreset_fraction`` -> ``--coreset-fraction``."""
+def _flag(dotted: str) -> str | None:
+    """``optim.lr`` -> ``--lr``, ``options.coreset_fraction`` -> ``--coreset-fraction``;
+    None for a field no flag sets (e.g. ``model.num_classes``, set from the data)."""
     if dotted.startswith("options."):
         return "--" + dotted[8:].replace("_", "-")
     if dotted == "model.kwargs.expand":
         return "--width"
     names = [k for k, v in _MAP.items() if v == dotted]
-    return "--" + (names[0] if names else dotted).replace("_", "-")
+    return "--" + names[0].replace("_", "-") if names else None
 
 
 def _given_fields(explicit: set[str], file_values: dict, options: set[str]) -> set[str]:

@@ -79,17 +79,20 @@ def _text(value: Any) -> str:
         return ",".join(str(v) for v in value)
     if value is None:
         return "none"
+    if isinstance(value, float):
+        return f"{value:.6g}"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def resume_config(cfg: TrainConfig, saved: TrainConfig, given: set[str],
-                  flag: Callable[[str], str]) -> tuple[TrainConfig, list[str]]:
+                  flag: Callable[[str], str | None]) -> tuple[TrainConfig, list[str]]:
     """The configuration a resumed run trains with, and what it kept from the run that
     today's command would have set otherwise.
 
     ``cfg`` is what the command resolves to on its own, ``given`` the dotted fields it set
     (flags, config file, method options as ``options.<name>``), ``flag`` names a dotted
-    field as the user knows it (``optim.lr`` -> ``--lr``). A given field that differs
+    field as the user knows it (``optim.lr`` -> ``--lr``; None: no flag sets it, so it is
+    no news that the run kept it). A given field that differs
     from the run's is refused: the optimizer and schedule state continue the run as it was.
     """
     new = _flat(dict(cfg.model_dump(mode="json"), options=None))
@@ -103,12 +106,12 @@ def resume_config(cfg: TrainConfig, saved: TrainConfig, given: set[str],
     clash = [k for k in sorted(given - keep)
              if (k in new or k in old) and new.get(k) != old.get(k)]
     if clash:
-        what = "; ".join(f"{flag(k)} {_text(new.get(k))} (the run: {_text(old.get(k))})" for k in clash)
+        what = "; ".join(f"{flag(k) or k} {_text(new.get(k))} (the run: {_text(old.get(k))})" for k in clash)
         raise MbqError(f"--resume continues the run at {cfg.out} with its own settings, and this "
                        f"command changes them: {what}; drop those flags, or start a new run from it "
                        "(--init) at another --out")
     kept = [f"{flag(k)} {_text(v)} (this command alone: {_text(new.get(k))})"
-            for k, v in old.items() if k not in keep and k in new and new[k] != v]
+            for k, v in old.items() if k not in keep and k in new and new[k] != v and flag(k)]
     merged = dict(old, **{k: new[k] for k in keep if k in new})
     try:
         resumed = TrainConfig.model_validate(_unflat(merged))

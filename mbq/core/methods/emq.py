@@ -82,7 +82,7 @@ class EMQMethod(MultiBitMethod):
 
     def setup(self, ctx) -> None:
         o = self.opts
-        if o.fraction_is_auto:
+        if o.fraction_is_auto and not self.cfg.resume:  # a resumed run keeps the fraction it began with
             ctx.report("log", message=f"emq: each width trains on {o.coreset_fraction:g} of the data per "
                                       f"epoch (the default for {self.cfg.epochs} epochs: max(0.2, min(1, "
                                       "2 / epochs)); --coreset-fraction sets it)")
