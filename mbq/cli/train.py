@@ -129,7 +129,8 @@ def build_config(values: dict, explicit: set[str], file_values: dict, extra_args
             merged[k] = v
         elif k not in _MAP:
             file_opts[k] = v
-    saved = saved_config(Path(merged.get("out") or "runs/model.safetensors")) if merged.get("resume") else None
+    out = Path(merged.get("out") or TrainConfig.model_fields["out"].default)
+    saved = saved_config(out) if merged.get("resume") else None
     if saved is not None and "method" not in explicit and "method" not in file_values:
         merged["method"] = saved.method  # `mbq train --out RUN --resume` is enough
     doc: dict = {}

@@ -17,9 +17,9 @@ from ._runfiles import config_path, state_path
 from .config import TrainConfig, format_validation_error
 from .errors import MbqError
 
-# where the run continues (and where its data lies) is the command's; --epochs may lengthen (or end early) the schedule
+# where the run continues, and where its data lies, are the command's
 _FROM_COMMAND = ("out", "resume", "device", "amp", "data.data_dir", "data.download")
-_MAY_CHANGE = ("epochs",)
+_MAY_CHANGE = ("epochs",)  # given: lengthens (or ends early) the schedule the run stepped on
 
 
 def saved_config(out: Path) -> TrainConfig | None:
@@ -52,7 +52,8 @@ def method_options(cfg: TrainConfig, *, record: bool = False) -> dict:
 
 
 def _flat(doc: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 0.2}}`` -> ``{"optim.lr": 0.2}``; an option's value stays whole."""
+    """``{"optim": {"lr": 0.2}}`` -> ``{"optim.lr": 0.2}`` (method options go in whole, as
+    ``options.<name>``, by the caller)."""
     out: dict[str, Any] = {}
     for key, value in doc.items():
         name = prefix + key
@@ -91,16 +92,15 @@ def resume_config(cfg: TrainConfig, saved: TrainConfig, given: set[str],
 
     ``cfg`` is what the command resolves to on its own, ``given`` the dotted fields it set
     (flags, config file, method options as ``options.<name>``), ``flag`` names a dotted
-    field as the user knows it (``optim.lr`` -> ``--lr``; None: no flag sets it, so it is
-    no news that the run kept it). A given field that differs
-    from the run's is refused: the optimizer and schedule state continue the run as it was.
+    field as the user knows it (``optim.lr`` -> ``--lr``; None: no flag sets it, so that the
+    run kept it is no news). A given field that differs from the run's is refused: the
+    optimizer and schedule state continue the run as it was.
     """
-    new = _flat(dict(cfg.model_dump(mode="json"), options=None))
-    old = _flat(dict(saved.model_dump(mode="json"), options=None))
+    new = _flat(cfg.model_dump(mode="json", exclude={"options"}))
+    old = _flat(saved.model_dump(mode="json", exclude={"options"}))
     new_opts = method_options(cfg) if cfg.method == saved.method else {}
     new.update({f"options.{k}": v for k, v in new_opts.items()})
     old.update({f"options.{k}": v for k, v in method_options(saved, record=True).items()})
-    new.pop("options", None), old.pop("options", None)
 
     keep = set(_FROM_COMMAND) | {k for k in _MAY_CHANGE if k in given}
     clash = [k for k in sorted(given - keep)
