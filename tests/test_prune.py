@@ -33,6 +33,7 @@ def _variant(src, dst, method=None, **quant):
     cfg["quant"].update(quant)
     if method:
         cfg["method"] = meta["mbq.method"] = method
+        cfg["options"] = {}  # the record holds every option of the old method
     new = build_model_from_meta(meta)
     new.load_state_dict(model.state_dict(), strict=False)
     save_checkpoint(new, dst, meta)
