@@ -114,3 +114,16 @@ def test_a_run_records_every_option_and_resumes_from_the_out_path_alone(tmp_path
     assert "num-classes" not in r.stderr  # set from the data, not by a flag: no news
     lines = out.with_name("a.metrics.jsonl").read_text().splitlines()
     assert [json.loads(s)["epoch"] for s in lines] == [1, 2]
+
+
+def test_a_resumed_run_does_not_need_its_init_file(tmp_path):
+    tiny = ["--arch", "cnn", "--train-subset", "256", "--val-size", "0", "--quiet", "--no-health-check"]
+    start = tmp_path / "start.safetensors"
+    assert runner.invoke(app, ["train", "--method", "fp", *tiny, "--epochs", "1", "--out", str(start)]).exit_code == 0
+    out = tmp_path / "q.safetensors"
+    r = runner.invoke(app, ["train", "--method", "qat", *tiny, "--epochs", "1", "--init", str(start), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    start.unlink()  # the checkpoint being resumed holds the weights now
+    r = runner.invoke(app, ["train", "--out", str(out), "--resume", "--epochs", "2", "--quiet", "--no-health-check"])
+    assert r.exit_code == 0, r.output
+    assert len(out.with_name("q.metrics.jsonl").read_text().splitlines()) == 2

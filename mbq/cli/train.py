@@ -1,6 +1,7 @@
 """``mbq train``: one command for every method."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -249,7 +250,7 @@ def train(
     file_values = read_config_file(config)
     notes: list[str] = []
     cfg = build_config(values, explicit, file_values, list(ctx.args), notes)
-    if notes and not quiet:
+    if notes and not quiet and int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per rank
         from ._common import stderr_console
         for line in notes:
             stderr_console().print(line, highlight=False, markup=False, soft_wrap=True)

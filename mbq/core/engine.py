@@ -284,7 +284,8 @@ def train(cfg: TrainConfig, method: Method, report: Reporter = _null_reporter) -
 
     report("log", message=f"loading {cfg.data.name}")
     train_set, val_set, test_set = load_data(cfg, device)
-    init_state = _load_init(cfg, method) if cfg.model.init else None
+    # a resumed run's weights are its checkpoint's, and what --init shaped is in its record
+    init_state = _load_init(cfg, method) if cfg.model.init and resume_state is None else None
     model = method.build_model().to(device)
     if init_state is not None:
         from .models import load_init_weights
