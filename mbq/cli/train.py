@@ -40,9 +40,19 @@ def _set(d: dict, dotted: str, value) -> None:
     d[last] = value
 
 
+def _given_fields(explicit: set[str], file_values: dict, options: set[str]) -> set[str]:
+    """The dotted fields a command sets: its flags, its config file and its method options."""
+    names = {k for k in explicit | set(file_values) if k in _MAP}
+    fields = {_MAP[k] for k in names} | {f"options.{k}" for k in options}
+    if "quantizer" in names:
+        fields.add("quant.act")  # a preset sets both
+    if "width" in names:
+        fields.add("model.kwargs.expand")
+    return fields
+
+
 def _given(dotted: str, explicit: set[str], file_values: dict) -> bool:
-    names = [k for k, v in _MAP.items() if v == dotted] + (["quantizer"] if dotted == "quant.act" else [])
-    return any(k in explicit or k in file_values for k in names)  # a --quantizer preset sets both
+    return dotted in _given_fields(explicit, file_values, set())
 
 
 def _apply_method_defaults(doc: dict, defaults: dict, explicit: set[str], file_values: dict) -> None:
@@ -98,17 +108,6 @@ def _flag(dotted: str) -> str | None:
         return "--width"
     names = [k for k, v in _MAP.items() if v == dotted]
     return "--" + names[0].replace("_", "-") if names else None
-
-
-def _given_fields(explicit: set[str], file_values: dict, options: set[str]) -> set[str]:
-    """The dotted fields a command sets: its flags, its config file and its method options."""
-    names = {k for k in explicit | set(file_values) if k in _MAP}
-    fields = {_MAP[k] for k in names} | {f"options.{k}" for k in options}
-    if "quantizer" in names:
-        fields.add("quant.act")  # a preset sets both
-    if "width" in names:
-        fields.add("model.kwargs.expand")
-    return fields
 
 
 def build_config(values: dict, explicit: set[str], file_values: dict, extra_args: list[str],
