@@ -133,7 +133,9 @@ def test_mebqat_maml_and_protonet_baseline_round_trip(tmp_path):
     assert len(rows) == 73 and all(r["queries"] == 3 for r in rows)  # LSQ: no 1-bit pairs
 
 
-def test_maml_fp_path_is_tanh_and_older_checkpoints_keep_the_raw_weight(tmp_path):
+@pytest.mark.parametrize("method,args", [("fomaml", ("--inner-steps", "1", "--meta-batch", "2")),
+                                         ("mebqat-pn", ("--bits", "2,4"))])
+def test_fp_path_is_tanh_and_older_checkpoints_keep_the_raw_weight(tmp_path, method, args):
     from safetensors.torch import load_file, save_file
 
     from mbq.core.checkpoint import load_checkpoint, read_header
@@ -142,10 +144,10 @@ def test_maml_fp_path_is_tanh_and_older_checkpoints_keep_the_raw_weight(tmp_path
     def fp_paths(model):
         return {m.weight_quant.fp_path for _, m in quantized_layers(model)}
 
-    ckpt, _ = _train(tmp_path, "fomaml", "--inner-steps", "1", "--meta-batch", "2")
+    ckpt, _ = _train(tmp_path, method, *args)
     model, meta = load_checkpoint(ckpt)
     assert fp_paths(model) == {"tanh"} and meta["mbq.config"]["quant"]["fp_path"] == "tanh"
-    raw_run, _ = _train(tmp_path / "raw", "fomaml", "--inner-steps", "1", "--fp-path", "identity")
+    raw_run, _ = _train(tmp_path / "raw", method, *args, "--fp-path", "identity")
     assert fp_paths(load_checkpoint(raw_run)[0]) == {"identity"}
     # written before the option: the raw weight recorded in quant, nothing in options
     raw = read_header(ckpt)
@@ -156,7 +158,16 @@ def test_maml_fp_path_is_tanh_and_older_checkpoints_keep_the_raw_weight(tmp_path
     old = tmp_path / "old.safetensors"
     save_file(load_file(str(ckpt)), str(old), metadata=raw)
     assert fp_paths(load_checkpoint(old)[0]) == {"identity"}
-    assert _eval(old, "--episodes", "2")["episodes"] == 2
+    assert _eval(old, "--episodes", "2", "--bit", "32")["episodes"] == 2
+
+
+def test_protonet_is_the_plain_fp_baseline_on_the_raw_weight():
+    from mbq.cli.train import resolve_config
+    from mbq.core.methods import create_method
+
+    for method, path in (("protonet", "identity"), ("qat-pn", "identity"), ("mebqat-pn", "tanh")):
+        cfg = resolve_config(["--method", method, "--arch", "cnn"])
+        assert create_method(cfg).opts.fp_path == path and cfg.quant.fp_path == path
 
 
 def test_imagefolder_laid_out_by_class(tmp_path):

@@ -52,6 +52,13 @@ def test_a_run_begun_under_older_defaults_continues_under_them(tmp_path):
     assert method_options(fresh)["kd"] == "none" and fresh.optim.grad_clip == 2.0
 
 
+def test_a_mebqat_pn_run_begun_on_the_raw_weight_keeps_it(tmp_path):
+    out = _saved_run(tmp_path, ["--method", "mebqat-pn", "--arch", "cnn", "--bits", "2,4,8"],
+                     lambda doc: doc["options"].pop("fp_path"))
+    cfg, notes = _resolve(["--out", str(out), "--resume"])
+    assert method_options(cfg)["fp_path"] == "identity" and "--fp-path identity" in notes[0]
+
+
 def test_repeating_the_command_and_lengthening_the_run_is_allowed(tmp_path):
     argv = ["--method", "emq", "--bits", "2,4", "--train-subset", "512"]
     out = _saved_run(tmp_path, argv + ["--epochs", "2"])
