@@ -20,6 +20,8 @@ class EpisodeOptions(MethodOptions):
     # resnet20 w0.5 ended at chance (28.8% 4-way) after 2 epochs, 50.3% with PACT (FP 49.8%)
     # the rate is each family's: PNOptions and MAMLOptions
     train_defaults: ClassVar[dict] = dict(PACT_DEFAULT, **{"optim.optimizer": "adam", "optim.weight_decay": 0.0})
+    # every family has --fp-path; a checkpoint from before it trained FP on the raw weight
+    recorded_in_quant: ClassVar[dict] = {"fp_path": ("fp_path", "identity")}
 
     ways: int = Field(4, ge=2, description="classes per episode (N-way)")
     shots: int = Field(1, ge=1, description="support images per class (K-shot)")
@@ -50,8 +52,6 @@ class MAMLOptions(EpisodeOptions):
     """First-order MAML: ``--meta-batch`` episodes per step, ``--inner-steps`` SGD steps each."""
 
     train_defaults: ClassVar[dict] = dict(EpisodeOptions.train_defaults, **{"optim.lr": 1e-4})
-    # the raw weight before fp_path existed
-    recorded_in_quant: ClassVar[dict] = {"fp_path": ("fp_path", "identity")}
 
     meta_batch: int = Field(4, ge=1, description="episodes per outer step (each with its own pair)")
     inner_steps: int = Field(5, ge=1, description="SGD steps on the support set (training and test)")
@@ -73,8 +73,6 @@ class PNOptions(EpisodeOptions):
     # points against 3e-3 (docs/benchmarks.md, "The ProtoNet family's step")
     train_defaults: ClassVar[dict] = dict(EpisodeOptions.train_defaults, **{"optim.lr": 3e-3})
 
-    # the raw weight before fp_path existed
-    recorded_in_quant: ClassVar[dict] = {"fp_path": ("fp_path", "identity")}
 
     emb_dim: int = Field(64, ge=1, description="embedding size (the last layer's width)")
     # protonet is the plain FP baseline: the raw weight (tanh was level with it on the cnn,
