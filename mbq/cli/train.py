@@ -116,7 +116,7 @@ def build_config(values: dict, explicit: set[str], file_values: dict, extra_args
     run's configuration wins over defaults (mbq.core.resume); ``notes`` gets what it kept."""
     from pydantic import ValidationError
 
-    from mbq.core.config import DataConfig, TrainConfig, format_validation_error, parse_bits
+    from mbq.core.config import DataConfig, ModelConfig, TrainConfig, format_validation_error, parse_bits
     from mbq.core.errors import MbqError
     from mbq.core.resume import resume_config, saved_config
 
@@ -164,7 +164,8 @@ def build_config(values: dict, explicit: set[str], file_values: dict, extra_args
     given_options = set(opts)
     epochs = _int_or(doc.get("epochs"), TrainConfig.model_fields["epochs"].default)
     batch = _int_or(doc.get("data", {}).get("batch_size"), DataConfig.model_fields["batch_size"].default)
-    opts, defaults = opts_cls.run_defaults(opts, epochs, batch)
+    arch = doc.get("model", {}).get("arch", ModelConfig.model_fields["arch"].default)
+    opts, defaults = opts_cls.run_defaults(opts, epochs, batch, arch)
     _apply_method_defaults(doc, defaults, explicit, file_values)
     optim = doc.get("optim", {})
     if "lr" not in optim and optim.get("optimizer", "sgd") != "sgd":

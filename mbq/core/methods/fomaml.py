@@ -13,8 +13,8 @@ from ..quant import set_bits
 from ._fewshot import FewShotMethod
 from ._task_grads import TaskGradients, usage_masks
 from .base import accuracy
+from .options.fewshot import LEARNING_OUTER
 
-_ADVISED_LR = 3e-3  # Adam: resnet20 w0.5 at 200 episodes learns at --meta-batch 1 (docs/mebqat.md)
 _WILD_LR = 1e-2  # above it the advice is a smaller step, not more steps
 
 
@@ -33,20 +33,21 @@ class FOMAMLMethod(FewShotMethod):
         return math.ceil(self.opts.episodes_per_epoch / self.opts.meta_batch)
 
     def near_chance_advice(self) -> str | None:
-        # resnet20 w0.5, 200 episodes: fomaml 34.58 at the defaults (50 outer steps), 54.94 with
-        # --meta-batch 1 --lr 3e-3; the cnn, whose flattened random features already suit the
-        # inner loop, loses 3-6 points at that step, so it is advice, not the default (docs/mebqat.md)
+        # the pooled models' default step (LEARNING_OUTER) is what to try where a run took fewer
+        # or smaller outer steps (resnet20 w0.5, 200 episodes: 34.58 at the paper's, 54.94 at it)
         o, lr, opt = self.opts, self.cfg.optim.lr, self.cfg.optim.optimizer
         steps = self.steps_per_epoch(0) * self.cfg.epochs
-        tries = [f"--meta-batch 1 ({o.meta_batch}x the outer steps)"] if o.meta_batch > 1 else []
-        if opt != "sgd" and lr < _ADVISED_LR:
-            tries.append("--lr 3e-3")
+        advised_batch, advised_lr = LEARNING_OUTER
+        tries = ([f"--meta-batch {advised_batch} ({o.meta_batch // advised_batch}x the outer steps)"]
+                 if o.meta_batch > advised_batch else [])
+        if opt != "sgd" and lr < advised_lr:
+            tries.append(f"--lr {advised_lr:g}")
         elif opt != "sgd" and lr > _WILD_LR:
             tries.append("a lower --lr")
         tries.append("more --epochs")
         name = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}.get(opt, opt)
         return (f"MAML took {steps} outer step{'s' * (steps != 1)} at {name} {lr:g}; try "
-                f"{', '.join(tries)} (docs/mebqat.md, \"On resnet20\")")
+                f"{', '.join(tries)} (docs/mebqat.md, \"MAML's outer step\")")
 
     def _fast_copy(self, model):
         if self._fast is None or self._fast[0] is not model:

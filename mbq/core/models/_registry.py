@@ -17,15 +17,27 @@ from ._args import positive_int
 
 _COMMON = ("num_classes", "in_channels", "image_size")
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+_TRAITS: dict[str, dict] = {}
+# what a method's defaults may ask of an architecture, and the value of an unmarked one
+TRAIT_DEFAULTS = {
+    # the head reads a flattened spatial map, not globally pooled features: the random features
+    # already separate classes (a method that must learn features can choose otherwise)
+    "flat_features": False,
+}
 
 
-def register_model(name: str):
-    """Decorator: register ``fn(num_classes, in_channels, image_size, **opts)`` as ``name``."""
+def register_model(name: str, **traits):
+    """Decorator: register ``fn(num_classes, in_channels, image_size, **opts)`` as ``name``,
+    with the architecture's ``traits`` (keys of :data:`TRAIT_DEFAULTS`)."""
+    unknown = sorted(set(traits) - set(TRAIT_DEFAULTS))
+    if unknown:
+        raise ValueError(f"model {name!r}: unknown trait {unknown[0]!r}")
 
     def deco(fn):
         if name in _BUILDERS:
             raise ValueError(f"model {name!r} is registered twice")
         _BUILDERS[name] = fn
+        _TRAITS[name] = dict(TRAIT_DEFAULTS, **traits)
         return fn
 
     return deco
@@ -47,6 +59,12 @@ def _builder(name: str):
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         raise MbqError(f"unknown model {name!r}{hint}; choose one of: {', '.join(list_models())}")
     return key, _BUILDERS[key]
+
+
+def model_traits(name: str) -> dict:
+    """The architecture's traits, e.g. ``{"flat_features": True}`` (MbqError if unknown)."""
+    key, _ = _builder(name)
+    return dict(_TRAITS[key])
 
 
 def model_kwargs(name: str) -> dict:

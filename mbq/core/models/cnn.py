@@ -29,7 +29,7 @@ class SmallCNN(nn.Module):
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
 
 
-@register_model("cnn")
+@register_model("cnn", flat_features=True)
 def cnn(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     """Two conv blocks (16, 32 channels) and a 128-unit hidden layer; for quick runs.
 

@@ -63,7 +63,8 @@ class EMQOptions(MultiBitOptions):
     train_defaults: ClassVar[dict] = dict(MultiBitOptions.train_defaults, **PACT_DEFAULT)
 
     @classmethod
-    def run_defaults(cls, options: dict, epochs: int, batch_size: int = REF_BATCH) -> tuple[dict, dict]:
+    def run_defaults(cls, options: dict, epochs: int, batch_size: int = REF_BATCH,
+                     arch: str | None = None) -> tuple[dict, dict]:
         """The coreset fraction and the optimizer defaults that go with it.
 
         Without --coreset-fraction (or a coreset file) each width trains on
