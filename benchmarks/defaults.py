@@ -57,6 +57,8 @@ CELLS: dict[str, dict] = {
                   "episodic": True},
     "fs-r20h": {"arch": "resnet20", "width": 0.5, "subset": None, "epochs": 2, "batch": None, "bits": "2,4,8",
                 "episodic": True},
+    "fs-r20": {"arch": "resnet20", "width": 1, "subset": None, "epochs": 2, "batch": None, "bits": "2,4,8",
+               "episodic": True},
     "fs-5w": {"arch": "cnn", "width": None, "subset": None, "epochs": 2, "batch": None, "bits": "1,2,4,8,32",
               "episodic": True},
 }
@@ -93,7 +95,8 @@ PLANS = {  # named subsets of the grid; --quick is "quick"
     "fewshot": {"fs-cnn": ["protonet", "fomaml", "qat-pn", "qat-fomaml", "mebqat-pn", "mebqat-maml"],
                 "fs-5w": ["mebqat-pn", "mebqat-maml"],
                 "fs-cnn10e": ["protonet", "fomaml", "qat-pn", "qat-fomaml", "mebqat-pn", "mebqat-maml"],
-                "fs-r20h": ["protonet", "fomaml", "qat-pn", "qat-fomaml", "mebqat-pn", "mebqat-maml"]},
+                "fs-r20h": ["protonet", "fomaml", "qat-pn", "qat-fomaml", "mebqat-pn", "mebqat-maml"],
+                "fs-r20": ["protonet", "fomaml", "qat-pn", "qat-fomaml", "mebqat-pn", "mebqat-maml"]},
 }
 
 

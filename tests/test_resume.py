@@ -59,6 +59,21 @@ def test_a_mebqat_pn_run_begun_on_the_raw_weight_keeps_it(tmp_path):
     assert method_options(cfg)["fp_path"] == "identity" and "--fp-path identity" in notes[0]
 
 
+def test_a_maml_run_begun_at_the_papers_outer_step_keeps_it(tmp_path):
+    """A resnet20 fomaml run from before the outer step followed the model: 4 episodes at 1e-4
+    (its record lacks the option left at default; its LR is always recorded)."""
+    def before(doc):
+        doc["options"].pop("meta_batch")
+        doc["optim"]["lr"] = 1e-4
+
+    out = _saved_run(tmp_path, ["--method", "fomaml", "--epochs", "2"], before)
+    cfg, notes = _resolve(["--out", str(out), "--resume"])
+    assert method_options(cfg)["meta_batch"] == 4 and cfg.optim.lr == pytest.approx(1e-4)
+    assert "--meta-batch 4 (this command alone: 1)" in notes[0] and "--lr 0.0001" in notes[0]
+    fresh = resolve_config(["--method", "fomaml", "--epochs", "2"])
+    assert (method_options(fresh)["meta_batch"], fresh.optim.lr) == (1, pytest.approx(3e-3))
+
+
 def test_repeating_the_command_and_lengthening_the_run_is_allowed(tmp_path):
     argv = ["--method", "emq", "--bits", "2,4", "--train-subset", "512"]
     out = _saved_run(tmp_path, argv + ["--epochs", "2"])
