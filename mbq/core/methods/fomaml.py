@@ -33,8 +33,8 @@ class FOMAMLMethod(FewShotMethod):
         return math.ceil(self.opts.episodes_per_epoch / self.opts.meta_batch)
 
     def near_chance_advice(self) -> str | None:
-        # the pooled models' default step (LEARNING_OUTER) is what to try where a run took fewer
-        # or smaller outer steps (resnet20 w0.5, 200 episodes: 34.58 at the paper's, 54.94 at it)
+        # what to try is the pooled models' default step (LEARNING_OUTER), where a run took fewer
+        # or smaller steps (resnet20 w0.5, 200 episodes: 34.58 at the paper's step, 54.94 at that)
         o, lr, opt = self.opts, self.cfg.optim.lr, self.cfg.optim.optimizer
         steps = self.steps_per_epoch(0) * self.cfg.epochs
         advised_batch, advised_lr = LEARNING_OUTER

@@ -62,7 +62,6 @@ LEARNING_OUTER = (1, 3e-3)
 class MAMLOptions(EpisodeOptions):
     """First-order MAML: ``--meta-batch`` episodes per step, ``--inner-steps`` SGD steps each."""
 
-    train_defaults: ClassVar[dict] = dict(EpisodeOptions.train_defaults, **{"optim.lr": PAPER_OUTER[1]})
     # runs begun before the outer step depended on the model used the paper's everywhere
     unrecorded_defaults: ClassVar[dict] = {"meta_batch": PAPER_OUTER[0]}
 
