@@ -144,10 +144,10 @@ class MethodOptions(_Strict):
 
     @classmethod
     def run_defaults(cls, options: dict, epochs: int, batch_size: int = REF_BATCH,
-                     arch: str | None = None) -> tuple[dict, dict]:
+                     arch: str | None = None, bits: list[int] | None = None) -> tuple[dict, dict]:
         """(options, shared-flag defaults) for a run of ``epochs`` epochs at ``batch_size`` on
-        the model ``arch``: a method whose defaults depend on the run's shape or model resolves
-        them here, before validation."""
+        the model ``arch`` at weight widths ``bits``: a method whose defaults depend on the
+        run's shape, model or widths resolves them here, before validation."""
         defaults = dict(cls.train_defaults)
         if cls.large_batch_grad_clip is not None and batch_size > REF_BATCH:
             defaults["optim.warmup_fraction"] = LARGE_BATCH_WARMUP

@@ -17,7 +17,7 @@ _METHODS: dict[str, tuple[str, str, str]] = {
     "mebqat": ("options.mebqat:MEBQATOptions", "mebqat:MEBQATMethod", "one model for every (w, a) pair: QAT as meta-learning over bit-width tasks"),
     "mebqat-maml": ("options.fewshot:MEBQATMAMLOptions", "mebqat_maml:MEBQATMAMLMethod", "few-shot MEBQAT: first-order MAML over (bit-width pair, episode) tasks"),
     "mebqat-pn": ("options.fewshot:MEBQATPNOptions", "mebqat_pn:MEBQATPNMethod", "few-shot MEBQAT: ProtoNet over (bit-width pair, episode) tasks"),
-    "fomaml": ("options.fewshot:MAMLOptions", "fomaml:FOMAMLMethod", "few-shot baseline: first-order MAML at FP"),
+    "fomaml": ("options.fewshot:FOMAMLOptions", "fomaml:FOMAMLMethod", "few-shot baseline: first-order MAML at FP"),
     "protonet": ("options.fewshot:PNOptions", "protonet:ProtoNetMethod", "few-shot baseline: prototypical networks at FP"),
     "qat-fomaml": ("options.fewshot:MAMLOptions", "qat_fewshot:QATFOMAMLMethod", "few-shot baseline: first-order MAML at one (w, a) pair"),
     "qat-pn": ("options.fewshot:PNOptions", "qat_fewshot:QATPNMethod", "few-shot baseline: ProtoNet at one (w, a) pair"),

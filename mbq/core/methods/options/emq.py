@@ -64,7 +64,7 @@ class EMQOptions(MultiBitOptions):
 
     @classmethod
     def run_defaults(cls, options: dict, epochs: int, batch_size: int = REF_BATCH,
-                     arch: str | None = None) -> tuple[dict, dict]:
+                     arch: str | None = None, bits: list[int] | None = None) -> tuple[dict, dict]:
         """The coreset fraction and the optimizer defaults that go with it.
 
         Without --coreset-fraction (or a coreset file) each width trains on

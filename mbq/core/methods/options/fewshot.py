@@ -54,7 +54,9 @@ class EpisodeOptions(MethodOptions):
 # paper's step 2 epochs are 50 steps of 1e-4, which leave the model where it began (resnet20
 # w0.5 fomaml 34.58, untrained 33.39; cnn 61.76, untrained 59.34); at 1 / 3e-3 resnet20 w0.5
 # 54.94 (10 epochs 63.77, paper's 38.76), while the cnn fits its six training digits and loses
-# 5 points on the other four (56.79). docs/benchmarks.md, "MAML's outer steps"
+# 5 points on the other four (56.79). 1-bit weights do not keep the cnn's random features
+# apart: W1A1 qat-fomaml 35.24 / 34.69 at the paper's step (seeds 0, 1), 54.75 / 51.52 at 1 / 3e-3.
+# docs/benchmarks.md, "MAML's outer steps"
 PAPER_OUTER = (4, 1e-4)
 LEARNING_OUTER = (1, 3e-3)
 
@@ -64,10 +66,12 @@ class MAMLOptions(EpisodeOptions):
 
     # runs begun before the outer step depended on the model used the paper's everywhere
     unrecorded_defaults: ClassVar[dict] = {"meta_batch": PAPER_OUTER[0]}
+    # whether --bits names the weight widths the run trains (fomaml's FP model ignores it)
+    trains_bits: ClassVar[bool] = True
 
     meta_batch: int = Field(PAPER_OUTER[0], ge=1, description=(
         "episodes per outer step (each with its own pair); default 4 on models whose head reads a "
-        "flattened map (cnn), 1 on those that pool their features (resnets, mobilenets, vit)"))
+        "flattened map (cnn) unless --bits has 1, else 1 (resnets, mobilenets, vit)"))
     inner_steps: int = Field(5, ge=1, description="SGD steps on the support set (training and test)")
     inner_lr: float = Field(0.1, gt=0, description="inner-loop SGD learning rate (0.01 for MiniImageNet)")
     # the raw weight takes a different inner step than a DoReFa width (whose gradient reaches w
@@ -78,19 +82,25 @@ class MAMLOptions(EpisodeOptions):
                             "width uses, so one --inner-lr fits all widths; identity: the raw weight")
 
     @classmethod
-    def outer_step(cls, arch: str | None) -> tuple[int, float]:
-        """(--meta-batch, --lr) the model ``arch`` gets by default."""
+    def outer_step(cls, arch: str | None, bits: list[int] | None = None) -> tuple[int, float]:
+        """(--meta-batch, --lr) a run of the model ``arch`` at weight widths ``bits`` gets by default."""
         from ...models import model_traits
 
         flat = arch is not None and model_traits(arch)["flat_features"]
-        return PAPER_OUTER if flat else LEARNING_OUTER
+        return PAPER_OUTER if flat and 1 not in (bits or ()) else LEARNING_OUTER
 
     @classmethod
     def run_defaults(cls, options: dict, epochs: int, batch_size: int = REF_BATCH,
-                     arch: str | None = None) -> tuple[dict, dict]:
-        options, defaults = super().run_defaults(options, epochs, batch_size, arch)
-        meta_batch, lr = cls.outer_step(arch)
+                     arch: str | None = None, bits: list[int] | None = None) -> tuple[dict, dict]:
+        options, defaults = super().run_defaults(options, epochs, batch_size, arch, bits)
+        meta_batch, lr = cls.outer_step(arch, bits if cls.trains_bits else None)
         return dict({"meta_batch": meta_batch}, **options), dict(defaults, **{"optim.lr": lr})
+
+
+class FOMAMLOptions(MAMLOptions):
+    """The FP baseline: --bits does not apply, so it never changes the outer step."""
+
+    trains_bits: ClassVar[bool] = False
 
 
 class PNOptions(EpisodeOptions):
