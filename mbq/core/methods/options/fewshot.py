@@ -102,6 +102,10 @@ class FOMAMLOptions(MAMLOptions):
 
     trains_bits: ClassVar[bool] = False
 
+    meta_batch: int = Field(PAPER_OUTER[0], ge=1, description=(
+        "episodes per outer step; default 4 on models whose head reads a flattened map (cnn), "
+        "1 on those that pool their features (resnets, mobilenets, vit)"))
+
 
 class PNOptions(EpisodeOptions):
     """Prototypical networks: the network's output is the embedding."""
