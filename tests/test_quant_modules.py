@@ -224,6 +224,45 @@ def test_inference_layout_is_channels_last_inside_and_restores_the_model():
     assert res["top1"] == 100.0
 
 
+def test_frozen_weights_round_once_per_pass_and_never_serve_a_stale_weight():
+    from mbq.core.quant import frozen_weights
+
+    torch.manual_seed(0)
+    model = quantize_model(create_model("cnn"), QuantConfig(weight="dorefa", act="pact", wbc=True)).eval()
+    set_bits(model, 3, 3)
+    conv = next(m for m in model.modules() if isinstance(m, QConv2d))
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        ref = model(x)
+        calls = []
+        conv.weight_quant.register_forward_hook(lambda *a: calls.append(1))
+        model(x)
+        assert calls  # the hook sees every rounding
+        with frozen_weights(model):
+            n_entry = len(calls)
+            assert torch.equal(model(x), ref) and torch.equal(model(x), ref)
+            assert len(calls) == n_entry  # no rounding after entry
+            set_bits(model, 5, 5)  # a width changed inside the block is rounded afresh
+            assert torch.equal(model(x), _fresh(model, x)) and len(calls) > n_entry
+            with torch.enable_grad():  # a pass that trains never reuses a detached weight
+                assert conv.quantized_weight().requires_grad
+        assert conv._frozen_weight is None  # released on exit
+        set_bits(model, 3, 3)
+        assert torch.equal(model(x), ref)
+
+
+def _fresh(model, x):
+    from mbq.core.quant import QUANT_LAYERS
+
+    saved = [(m, m._frozen_weight) for m in model.modules() if isinstance(m, QUANT_LAYERS)]
+    for m, _ in saved:
+        m._frozen_weight = None
+    out = model(x)
+    for m, f in saved:
+        m._frozen_weight = f
+    return out
+
+
 def test_emq_layer_trains_through_the_fused_wbc_pass():
     # a WBC layer on the tanh FP path takes the fused pass; its output and weight gradient
     # are those of the composed definition (the wbc_detach path)

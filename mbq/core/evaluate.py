@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._layout import inference_layout
+from .quant import frozen_weights
 
 
 @torch.no_grad()
@@ -16,7 +17,7 @@ def evaluate(model: nn.Module, loader: Iterable, max_batches: int | None = None)
     was_training = model.training
     model.eval()
     correct, loss, n = 0, 0.0, 0
-    with inference_layout(model) as layout:
+    with inference_layout(model) as layout, frozen_weights(model):
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
@@ -32,7 +33,7 @@ def evaluate(model: nn.Module, loader: Iterable, max_batches: int | None = None)
 def predict(model: nn.Module, loader: Iterable) -> torch.Tensor:
     """Arg-max class of every sample, in loader order (CPU int64)."""
     model.eval()
-    with inference_layout(model) as layout:
+    with inference_layout(model) as layout, frozen_weights(model):
         return torch.cat([model(layout(b.x)).argmax(1).cpu() for b in loader])
 
 

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._layout import inference_layout
+from ..quant import frozen_weights
 from .sampling import mix_seed
 
 FORWARD_SCORES = ("el2n", "grand", "entropy")
@@ -83,7 +84,7 @@ def compute_scores(model: nn.Module, loader: Iterable, score: str, n: int, *, se
     was_training = model.training
     model.eval()
     try:
-        with inference_layout(model) as layout:
+        with inference_layout(model) as layout, frozen_weights(model):
             for batch in loader:
                 logits = model(layout(batch.x))
                 if score == "el2n":
