@@ -21,7 +21,8 @@ _TRAITS: dict[str, dict] = {}
 # what a method's defaults may ask of an architecture, and the value of an unmarked one
 TRAIT_DEFAULTS = {
     # the head reads a flattened spatial map, not globally pooled features: the random features
-    # already separate classes (a method that must learn features can choose otherwise)
+    # already separate classes, at 2 bits and above (a method that must learn features can
+    # choose otherwise; MAMLOptions.outer_step also asks for the run's widths)
     "flat_features": False,
 }
 
