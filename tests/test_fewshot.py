@@ -170,6 +170,20 @@ def test_protonet_is_the_plain_fp_baseline_on_the_raw_weight():
         assert create_method(cfg).opts.fp_path == path and cfg.quant.fp_path == path
 
 
+def test_mebqat_pn_draws_its_pairs_at_random_or_with_fp_guaranteed():
+    from mbq.cli.train import resolve_config
+    from mbq.core.methods import create_method
+
+    argv = ["--method", "mebqat-pn", "--arch", "cnn", "--bits", "2,4,8"]
+    paper = create_method(resolve_config(argv))  # the default: all four at random
+    assert sum((32, 32) in paper.sample_pairs(4) for _ in range(60)) < 60
+    assert len({paper.sample_pairs(1)[0] for _ in range(60)}) > 1
+    m = create_method(resolve_config(argv + ["--guarantee-fp"]))
+    draws = [m.sample_pairs(4) for _ in range(60)]
+    assert all(d[0] == (32, 32) and len(set(d)) == 4 for d in draws)
+    assert {p for d in draws for p in d[1:]} == set(m.train_pairs) - {(32, 32)}  # the rest: every pair
+
+
 def test_imagefolder_laid_out_by_class(tmp_path):
     from PIL import Image
 
@@ -193,6 +207,7 @@ def test_imagefolder_laid_out_by_class(tmp_path):
     (["--shots", "40", "--queries", "40"], "smallest meta-train class"),
     (["--meta-train-classes", "0-5", "--meta-test-classes", "5-9"], "disjoint"),
     (["--meta-test-classes", "6-12"], "does not exist"),
+    (["--guarantee-fp", "--meta-batch", "1"], "--no-guarantee-fp"),  # (FP, FP) alone: no quantized pair trains
 ])
 def test_bad_episode_shapes_exit_2(tmp_path, capsys, args, msg):
     code, err = run_main(["train", "--method", "mebqat-pn", *TINY, "--out", tmp_path / "x.safetensors",

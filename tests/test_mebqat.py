@@ -263,6 +263,8 @@ def test_eval_bad_pairs_exit_2(mebqat_ckpt, capsys, args, msg):
     (["--act-bits-candidates", "9"], "not supported"),
     (["--bits", "1,2,4", "--guarantee-w1a1", "--meta-batch", "1"], "smaller than the 2 guaranteed"),
     (["--bits", "1,2,4", "--meta-batch", "1"], "--no-guarantee-w1a1"),
+    (["--bits", "1,2,4", "--meta-batch", "2"], "no other pair would ever train; raise it or pass --no-guarantee-w1a1"),
+    (["--bits", "2,4,8", "--meta-batch", "1"], "holds only the guaranteed (FP, FP), so no other pair would ever train; raise it"),
     (["--bits", "1,2", "--quantizer", "lsq"], "no 1-bit form"),
     (["--act-bits", "4"], "--act-bits-candidates"),
 ])

@@ -35,6 +35,21 @@ def candidate_pairs(cfg, opts, method: str) -> tuple[list[int], list[int], list[
     return ws, acts, pairs
 
 
+def check_room(meta_batch: int, guaranteed, pairs, turn_off: str | None = None) -> None:
+    """Refuse a ``--meta-batch`` that leaves no task beside the guaranteed ones.
+
+    Such a run draws only the guaranteed pairs and never trains the others.
+    """
+    fix = f"raise it or pass {turn_off}" if turn_off else "raise it"
+    names = " and ".join(f"({_fmt([w])}, {_fmt([a])})".replace("fp", "FP") for w, a in guaranteed)
+    if meta_batch < len(guaranteed):
+        raise MbqError(f"--meta-batch {meta_batch} is smaller than the {len(guaranteed)} "
+                       f"guaranteed tasks ({names}); {fix}")
+    if meta_batch == len(guaranteed) and len(pairs) > len(guaranteed):
+        raise MbqError(f"--meta-batch {meta_batch} holds only the guaranteed {names}, so no other "
+                       f"pair would ever train; {fix}")
+
+
 def fixed_pair(cfg, method: str) -> tuple[int, int]:
     """The one (w, a) of a dedicated-pair baseline: ``--bits N`` and ``--act-bits``."""
     if len(cfg.bits) != 1:

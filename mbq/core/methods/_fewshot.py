@@ -31,6 +31,7 @@ FP_PAIR = (FP_BITS, FP_BITS)
 class FewShotMethod(Method):
     episodic = True
     policy = "fp"
+    guaranteed: tuple = ()  # pairs a sampled policy puts in every draw
 
     def __init__(self, cfg, opts):
         super().__init__(cfg, opts)
@@ -122,7 +123,7 @@ class FewShotMethod(Method):
 
     def sample_pairs(self, n: int) -> list[tuple[int, int]]:
         if self.policy == "sampled":
-            return bitpairs.sample_tasks(self.train_pairs, n, (), self._rng)
+            return bitpairs.sample_tasks(self.train_pairs, n, self.guaranteed, self._rng)
         return [self.train_pairs[0]] * n
 
     def epoch_batches(self, ctx, epoch: int):

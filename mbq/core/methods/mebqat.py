@@ -18,10 +18,9 @@ from torch.nn import functional as F
 
 from ..bitpairs import sample_tasks
 from ..config import QuantConfig
-from ..errors import MbqError
 from ..evaluate import recalibrate_bn
 from ..quant import FP_BITS, set_bits
-from ._bittasks import candidate_pairs, warm_up_quantizers
+from ._bittasks import candidate_pairs, check_room, warm_up_quantizers
 from ._bn import use_batch_statistics
 from ._task_grads import TaskGradients, clamp_grads, usage_masks
 from .base import Method, Setting, accuracy
@@ -44,9 +43,8 @@ class MEBQATMethod(Method):
         self.guaranteed = [FP_PAIR]
         if opts.guarantee_w1a1 and (1, 1) in self.pairs:
             self.guaranteed.append((1, 1))
-        if opts.meta_batch < len(self.guaranteed):
-            raise MbqError(f"--meta-batch {opts.meta_batch} is smaller than the {len(self.guaranteed)} "
-                           "guaranteed tasks ((FP, FP) and (1, 1)); raise it or pass --no-guarantee-w1a1")
+        check_room(opts.meta_batch, self.guaranteed, self.pairs,
+                   "--no-guarantee-w1a1" if (1, 1) in self.guaranteed else None)
         # never a task twice in one step: a repeat only doubles one pair's weight in the mean
         # (--bits 1,32 has 3 pairs; 4 tasks put (1, 32) in twice and 1 bit ended 3.8 below anyprec)
         self.meta_batch = min(opts.meta_batch, len(self.pairs))

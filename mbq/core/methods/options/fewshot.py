@@ -139,7 +139,13 @@ class MEBQATPNOptions(PNOptions, BitTaskOptions):
     # runs begun before the option trained FP on the raw weight
     unrecorded_defaults: ClassVar[dict] = {"fp_path": "identity"}
 
-    meta_batch: int = Field(4, ge=1, description="random (w, a) pairs per episode")
+    meta_batch: int = Field(4, ge=1, description="(w, a) pairs per episode, (FP, FP) included with --guarantee-fp")
+    # off, as in the paper (all 4 pairs drawn at random): FP in every episode, as in mebqat's
+    # meta-batches, lifted the 2-epoch cnn at every width (seeds 0-2, FP / 2 / 4 bits +1.8 /
+    # +2.2 / +1.8), left the 10-epoch cnn level and cost full-width resnet20 3.5 / 3.0 at FP /
+    # 4 bits (docs/benchmarks.md, "mebqat-pn's pairs")
+    guarantee_fp: bool = Field(False, description="put (FP, FP) among every episode's pairs, the rest drawn "
+                                                  "at random (off: all drawn at random, as in the paper)")
     # tanh, as anyprec, emq and the MAML family: one set of weights serves FP and every quantized
     # width, and on the raw weight FP pulled them elsewhere (fs-cnn, seeds 0-2, FP / 2 / 4 bits:
     # 57.85 / 53.67 / 57.35 -> 62.79 / 58.92 / 62.64; resnet20 w0.5 59.01 / 43.32 / 59.18 ->
