@@ -412,6 +412,20 @@ def test_benchmark_fewshot_variants_are_judged_against_their_dedicated_models():
     assert not any("97%" in ln for ln in lines)
 
 
+def test_benchmark_says_when_a_compared_pair_ran_on_different_cpu_kernels():
+    bench = _bench()
+    cell = dict(bench.CELLS["fs-cnn"])
+    rows = [{"method": "protonet", "config": cell, "top1": {"fp": 58.0}, "code": {"cpu": "AVX512"}},
+            {"method": "qat-pn", "config": cell, "top1": {"4": 51.0}, "code": {"cpu": "AVX2"}},
+            {"method": "mebqat-pn", "config": cell, "top1": {"fp": 55.0, "2": 50.0, "4": 51.5, "8": 52.0},
+             "code": {"cpu": "AVX2"}}]
+    lines = bench.check_cell(rows)
+    fp = next(ln for ln in lines if "mebqat-pn width fp" in ln)
+    four = next(ln for ln in lines if "mebqat-pn width 4" in ln)
+    assert fp.startswith("MISS") and fp.endswith("[AVX2 / AVX512 kernels: not side by side]")
+    assert "side by side" not in four  # both AVX2
+
+
 def test_benchmark_targets_fire_on_a_gap():
     bench = _bench()
     cell = dict(bench.CELLS["c2e-r20"])
