@@ -209,24 +209,32 @@ class EMQMethod(MultiBitMethod):
         return self.coreset.summary(epoch)
 
     def finish(self, ctx) -> None:
-        """Measure the per-width BN statistics of every width not trained (forward passes only,
-        no parameter changes), so each serves with statistics of its own, no data at eval."""
+        """Measure the per-width BN statistics on the final weights (forward passes only, no
+        parameter changes): of every width with --final-bn all, else of the untrained ones, so
+        each serves with statistics of its own and no data is needed at eval."""
         n_img = self.opts.untrained_bn_images
-        widths = self.untrained_widths()
+        widths = self.final_bn_widths()
         has_rows = any(isinstance(m, WidthStatsBatchNorm2d) for m in ctx.model.modules())
         if not n_img or not has_rows or not widths:
             return
         batch = ctx.cfg.data.batch_size
         n_batches = max(1, math.ceil(n_img / (batch * ctx.world_size)))
         used = min(n_batches * batch * ctx.world_size, len(ctx.train_set))
-        ctx.report("log", message=f"emq: measuring BatchNorm statistics at the untrained widths "
+        which = "every width" if self.opts.final_bn == "all" else "the untrained widths"
+        ctx.report("log", message=f"emq: measuring BatchNorm statistics at {which} "
                                   f"{_bits_text(widths)} on {used} training images "
-                                  "(--untrained-bn-images; 0 interpolates them)")
+                                  "(--untrained-bn-images, --final-bn)")
         loader = ctx.loader(shuffle=True, augment=False, seed_offset=4099)
         for b in widths:
             set_bits(ctx.model, b, self.cfg.act_bits_for(b))
             with ctx.autocast():
                 recalibrate_bn(ctx.model, loader, n_batches, kinds=WidthStatsBatchNorm2d)
+
+    def final_bn_widths(self) -> list[int]:
+        """The widths whose statistics ``finish`` measures, ascending (FP last)."""
+        if self.opts.final_bn == "untrained":
+            return self.untrained_widths()
+        return [b for b in ALL_WIDTHS if self.supports_bits(b)]
 
     def untrained_widths(self) -> list[int]:
         """Every width the model serves that training did not normalise, ascending (FP last)."""
@@ -248,5 +256,6 @@ class EMQMethod(MultiBitMethod):
               "warmup": 0 if o.coreset else o.coreset_warmup, "warmup_data": o.coreset_warmup_data,
               "child_loss": o.child_loss, "bn_stats": o.bn_stats, "wbc": o.wbc,
               "untrained_bn_images": o.untrained_bn_images if o.bn_stats == "per-width" else 0,
+              "final_bn": o.final_bn,
               "file": str(o.coreset) if o.coreset else None}
         return {"mbq.coreset": cs}

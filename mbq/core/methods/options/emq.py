@@ -107,6 +107,11 @@ class EMQOptions(MultiBitOptions):
         description="with --bn-stats per-width: at the end of training, measure the BN statistics of "
                     "every width not trained (3, 5-7, 1, 16, FP of a 2,4,8 model) on this many training "
                     "images, forward passes only; 0 interpolates them from the trained widths (no data)")
+    final_bn: Literal["all", "untrained"] = Field(
+        "all", description="with --bn-stats per-width: the widths whose BN statistics are measured after "
+                           "training on --untrained-bn-images images: every width (all), or only those not "
+                           "trained (untrained; the trained ones keep training's running averages, which lag "
+                           "the final weights in short runs)")
     child_loss: Literal["mean", "sum"] = Field(
         "sum", description="combine the widths' losses into one step: sum (Any-Precision's; every "
                            "width steps as it would alone) or mean (the step does not grow with the "
