@@ -236,20 +236,29 @@ def test_untrained_widths_statistics_are_measured_after_training_without_changin
     measuring = next(i for i, (e, m) in enumerate(events) if "measuring BatchNorm statistics" in m)
     # measured after the last epoch, inside training's time (benchmarks stop their clocks at "trained")
     assert names.index("epoch") < measuring < names.index("trained") < names.index("done")
+    assert "every width" in events[measuring][1]
     _train(tmp_path / "i.safetensors", *args, "--untrained-bn-images", "0")
+    _train(tmp_path / "u.safetensors", *args, "--final-bn", "untrained")
     measured, meta = load_checkpoint(tmp_path / "m.safetensors")
     interp, meta0 = load_checkpoint(tmp_path / "i.safetensors")
+    untrained, meta_u = load_checkpoint(tmp_path / "u.safetensors")
     assert json.loads(meta0["mbq.coreset"])["untrained_bn_images"] == 0
+    assert json.loads(meta["mbq.coreset"])["final_bn"] == "all"
+    assert json.loads(meta_u["mbq.coreset"])["final_bn"] == "untrained"
     pm, pi = dict(measured.named_parameters()), dict(interp.named_parameters())
-    assert all(torch.equal(pm[k], pi[k]) for k in pm)  # forward passes only: the same weights
-    bm = [m for m in measured.modules() if isinstance(m, WidthStatsBatchNorm2d)]
-    bi = [m for m in interp.modules() if isinstance(m, WidthStatsBatchNorm2d)]
+    pu = dict(untrained.named_parameters())
+    assert all(torch.equal(pm[k], pi[k]) and torch.equal(pm[k], pu[k]) for k in pm)  # forward passes only
+    bm, bi, bu = ([m for m in net.modules() if isinstance(m, WidthStatsBatchNorm2d)]
+                  for net in (measured, interp, untrained))
     assert bm and all(m.tracked_widths == [2, 4] for m in bi)  # 0: interpolated, as the paper
-    assert all(m.tracked_widths == [1, 2, 3, 4, 5, 6, 7, 8, 16, 32] for m in bm)
-    for a, b in zip(bm, bi):
-        for w in (2, 4):  # the trained widths' statistics are training's own
-            assert all(torch.equal(x, y) for x, y in zip(a.width_statistics(w), b.width_statistics(w)))
+    assert all(m.tracked_widths == [1, 2, 3, 4, 5, 6, 7, 8, 16, 32] for m in bm + bu)
+    for a, b, u in zip(bm, bi, bu):
+        for w in (2, 4):
+            # untrained: the trained widths keep training's running averages; all: re-measured
+            assert all(torch.equal(x, y) for x, y in zip(u.width_statistics(w), b.width_statistics(w)))
+            assert not torch.equal(a.width_statistics(w)[0], b.width_statistics(w)[0])
         m3, v3 = a.width_statistics(3)
+        assert torch.equal(m3, u.width_statistics(3)[0])  # the same images either way
         assert not torch.equal(m3, b.width_statistics(3)[0]) and bool((v3 > 0).all())
 
 
