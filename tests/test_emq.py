@@ -492,3 +492,25 @@ def test_emq_optimizer_defaults_go_with_sgd(args, lr, wd):
     assert cfg.optim.lr == pytest.approx(lr, rel=1e-3)
     assert cfg.optim.weight_decay == pytest.approx(wd if wd is not None else OptimConfig().weight_decay)
     assert cfg.optim.warmup_fraction == 0.05
+
+
+def test_each_epoch_validates_the_trained_widths_unless_eval_bits_names_others(tmp_path):
+    # the untrained widths have no statistics of their own until training's end
+    from mbq.cli.train import resolve_config
+    from mbq.core.engine import train
+    from mbq.core.methods import create_method
+
+    small = [a for a in SMALL]
+    small[small.index("--val-size") + 1] = "128"
+    seen = {}
+    for eval_bits in ("all", "2,3,4"):
+        cfg = resolve_config(["--out", str(tmp_path / f"{eval_bits}.safetensors"), *small, "--method", "emq",
+                              "--bits", "2,4", "--epochs", "1", "--coreset-fraction", "0.5",
+                              "--eval-bits", eval_bits, "--untrained-bn-images", "0"])
+        events = []
+        result = train(cfg, create_method(cfg), lambda event, **d: events.append((event, d)))
+        seen[eval_bits] = next(d for e, d in events if e == "epoch")["val_top1"]
+        if eval_bits == "all":
+            assert len(result["top1"]) == 9  # the final test still covers every width
+    assert list(seen["all"]) == ["4", "2"]
+    assert list(seen["2,3,4"]) == ["4", "2", "3"]

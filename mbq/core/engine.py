@@ -392,16 +392,16 @@ def _run_epoch(ctx: TrainContext, epoch: int, steps: int) -> dict:
     metrics.update({k: v / max(n_steps, 1) for k, v in per_key.items()})
     metrics.update(_grad_norm_metrics(norms, ctx.cfg.optim.grad_clip))
     if ctx.val_set is not None:
-        metrics["val_top1"] = _eval_settings(ctx, ctx.val_set)
+        metrics["val_top1"] = _eval_settings(ctx, ctx.val_set, ctx.method.val_settings())
     metrics.update(extra)
     return metrics
 
 
-def _eval_settings(ctx: TrainContext, dataset) -> dict[str, float]:
+def _eval_settings(ctx: TrainContext, dataset, settings=None) -> dict[str, float]:
     out = {}
     loader = ctx.eval_loader(dataset)
     calib = ctx.loader(shuffle=True, augment=False, seed_offset=7919)
-    for s in ctx.method.eval_settings():
+    for s in ctx.method.eval_settings() if settings is None else settings:
         ctx.method.apply_setting(ctx.model, s)
         ctx.method.prepare_eval(ctx.model, s, calib)
         out[s.label] = ctx.method.score(ctx, dataset, loader)

@@ -64,6 +64,10 @@ class Method(ABC):
         """Precisions validated every epoch and tested at the end."""
         return [Setting(b, self.cfg.act_bits_for(b)) for b in self.trained_bits()]
 
+    def val_settings(self) -> list[Setting]:
+        """Precisions validated after each epoch: those tested at the end, unless a method says."""
+        return self.eval_settings()
+
     def trained_labels(self) -> list[str]:
         """Labels of the evaluated settings the run trained (the health check judges these)."""
         trained = set(self.trained_bits())

@@ -236,6 +236,15 @@ class EMQMethod(MultiBitMethod):
             return self.untrained_widths()
         return [b for b in ALL_WIDTHS if self.supports_bits(b)]
 
+    def val_settings(self):
+        """With --eval-bits all (default), each epoch validates the trained widths only: the others
+        have no statistics of their own until ``finish`` measures them, so a figure for them
+        mid-run would be of interpolated statistics the checkpoint does not serve."""
+        settings = self.eval_settings()
+        if self.opts.eval_bits != "all":
+            return settings
+        return [s for s in settings if s.w in self.cfg.bits]
+
     def untrained_widths(self) -> list[int]:
         """Every width the model serves that training did not normalise, ascending (FP last)."""
         return [b for b in ALL_WIDTHS if b not in self.cfg.bits and self.supports_bits(b)]
