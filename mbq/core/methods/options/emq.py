@@ -98,15 +98,16 @@ class EMQOptions(MultiBitOptions):
     wbc_per_channel: bool = Field(True, description="WBC statistics per output channel (else per tensor)")
     bn_stats: Literal["per-width", "batch", "top"] = Field(
         "per-width", description="shared-BN running statistics: one per trained width under the one shared "
-                             "affine, untrained widths measured at the end of training (per-width, see "
-                             "--untrained-bn-images); one "
+                             "affine, every width's measured at the end of training (per-width, see "
+                             "--untrained-bn-images, --final-bn); one "
                              "estimate for all widths (batch); or only the highest width normalises with its batch and the "
                              "lower widths train against the running statistics, as in eval (top)")
     untrained_bn_images: int = Field(
         UNTRAINED_BN_IMAGES, ge=0,
         description="with --bn-stats per-width: at the end of training, measure the BN statistics of "
-                    "every width not trained (3, 5-7, 1, 16, FP of a 2,4,8 model) on this many training "
-                    "images, forward passes only; 0 interpolates them from the trained widths (no data)")
+                    "the widths --final-bn names (every width by default; the untrained ones are 3, 5-7, "
+                    "1, 16, FP of a 2,4,8 model) on this many training images, forward passes only; 0 "
+                    "measures none and interpolates the untrained widths from the trained ones (no data)")
     final_bn: Literal["all", "untrained"] = Field(
         "all", description="with --bn-stats per-width: the widths whose BN statistics are measured after "
                            "training on --untrained-bn-images images: every width (all), or only those not "
