@@ -59,6 +59,14 @@ def test_a_mebqat_pn_run_begun_on_the_raw_weight_keeps_it(tmp_path):
     assert method_options(cfg)["fp_path"] == "identity" and "--fp-path identity" in notes[0]
 
 
+def test_an_emq_run_begun_before_final_bn_measures_only_its_untrained_widths(tmp_path):
+    out = _saved_run(tmp_path, ["--method", "emq", "--bits", "2,4,8", "--epochs", "2"],
+                     lambda doc: doc["options"].pop("final_bn"))
+    cfg, notes = _resolve(["--out", str(out), "--resume"])
+    assert method_options(cfg)["final_bn"] == "untrained" and "--final-bn untrained" in notes[0]
+    assert method_options(resolve_config(["--method", "emq", "--bits", "2,4,8"]))["final_bn"] == "all"
+
+
 def test_a_maml_run_begun_at_the_papers_outer_step_keeps_it(tmp_path):
     """A resnet20 fomaml run from before the outer step followed the model: 4 episodes at 1e-4
     (its record lacks the option left at default; its LR is always recorded)."""

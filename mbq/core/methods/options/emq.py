@@ -61,6 +61,8 @@ class EMQOptions(MultiBitOptions):
     # trained, and a clip no trained width used cost them more than a point at 10 epochs
     # (3 / 5 bits 97.27 / 97.56 against 98.94 / 99.01 shared; docs/benchmarks.md)
     train_defaults: ClassVar[dict] = dict(MultiBitOptions.train_defaults, **PACT_DEFAULT)
+    # a run begun before --final-bn measured only its untrained widths after training
+    unrecorded_defaults: ClassVar[dict] = dict(MultiBitOptions.unrecorded_defaults, final_bn="untrained")
 
     @classmethod
     def run_defaults(cls, options: dict, epochs: int, batch_size: int = REF_BATCH,
