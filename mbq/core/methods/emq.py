@@ -237,11 +237,12 @@ class EMQMethod(MultiBitMethod):
         return [b for b in ALL_WIDTHS if self.supports_bits(b)]
 
     def val_settings(self):
-        """With --eval-bits all (default), each epoch validates the trained widths only: the others
-        have no statistics of their own until ``finish`` measures them, so a figure for them
-        mid-run would be of interpolated statistics the checkpoint does not serve."""
+        """With --eval-bits all (default), each epoch validates the trained widths only where
+        ``finish`` will measure the others: until then they have no statistics of their own, and
+        a figure for them would be of interpolated statistics the checkpoint does not serve."""
         settings = self.eval_settings()
-        if self.opts.eval_bits != "all":
+        o = self.opts
+        if o.eval_bits != "all" or o.bn_stats != "per-width" or not o.untrained_bn_images:
             return settings
         return [s for s in settings if s.w in self.cfg.bits]
 

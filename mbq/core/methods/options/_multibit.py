@@ -34,7 +34,8 @@ class MultiBitOptions(MethodOptions):
         "tanh", description="FP path (32 bits): Any-Precision's E*tanh(w)/max|tanh(w)| or the raw weight")
     eval_bits: Literal["all", "trained"] | list[int] = Field(
         "all", description="widths validated each epoch and tested at the end: all (1..8 and fp), "
-                           "trained, or a list such as 2,3,4")
+                           "trained, or a list such as 2,3,4 (emq validates only the trained ones of "
+                           "all: the others get their statistics at training's end)")
 
     @field_validator("eval_bits", mode="before")
     @classmethod
