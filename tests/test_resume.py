@@ -82,6 +82,15 @@ def test_a_maml_run_begun_at_the_papers_outer_step_keeps_it(tmp_path):
     assert (method_options(fresh)["meta_batch"], fresh.optim.lr) == (1, pytest.approx(3e-3))
 
 
+def test_a_mebqat_maml_run_begun_at_3e3_keeps_its_step(tmp_path):
+    """Its LR is recorded, so the 1e-2 default does not reach a run begun before it."""
+    out = _saved_run(tmp_path, ["--method", "mebqat-maml", "--bits", "2,4,8", "--epochs", "2"],
+                     lambda doc: doc["optim"].update(lr=3e-3))
+    cfg, notes = _resolve(["--out", str(out), "--resume"])
+    assert cfg.optim.lr == pytest.approx(3e-3) and "--lr 0.003 (this command alone: 0.01)" in notes[0]
+    assert resolve_config(["--method", "mebqat-maml", "--bits", "2,4,8"]).optim.lr == pytest.approx(1e-2)
+
+
 def test_repeating_the_command_and_lengthening_the_run_is_allowed(tmp_path):
     argv = ["--method", "emq", "--bits", "2,4", "--train-subset", "512"]
     out = _saved_run(tmp_path, argv + ["--epochs", "2"])

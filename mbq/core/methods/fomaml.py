@@ -32,11 +32,12 @@ class FOMAMLMethod(FewShotMethod):
         return math.ceil(self.opts.episodes_per_epoch / self.opts.meta_batch)
 
     def near_chance_advice(self) -> str | None:
-        # what to try is the method's step on pooled models, where a run took fewer or smaller
-        # steps (resnet20 w0.5, 200 episodes: fomaml 34.58 at the paper's step, 54.94 at 3e-3)
+        # what to try is the method's step for a model that learns its features, where a run took
+        # fewer or smaller steps (resnet20 w0.5, 200 episodes: fomaml 34.58 at the paper's step,
+        # 54.94 at 3e-3)
         o, lr, opt = self.opts, self.cfg.optim.lr, self.cfg.optim.optimizer
         steps = self.steps_per_epoch(0) * self.cfg.epochs
-        advised_batch, advised_lr = type(o).pooled_outer
+        advised_batch, advised_lr = type(o).learning_step(self.cfg.model.arch)
         tries = ([f"--meta-batch {advised_batch} ({o.meta_batch // advised_batch}x the outer steps)"]
                  if o.meta_batch > advised_batch else [])
         if opt != "sgd" and lr < advised_lr:

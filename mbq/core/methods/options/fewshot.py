@@ -65,6 +65,12 @@ LEARNING_OUTER = (1, 3e-3)
 MEBQAT_POOLED_OUTER = (1, 1e-2)
 
 
+def _flat(arch: str | None) -> bool:
+    from ...models import model_traits
+
+    return arch is not None and model_traits(arch)["flat_features"]
+
+
 class MAMLOptions(EpisodeOptions):
     """First-order MAML: ``--meta-batch`` episodes per step, ``--inner-steps`` SGD steps each."""
 
@@ -88,13 +94,16 @@ class MAMLOptions(EpisodeOptions):
                             "width uses, so one --inner-lr fits all widths; identity: the raw weight")
 
     @classmethod
+    def learning_step(cls, arch: str | None) -> tuple[int, float]:
+        """(--meta-batch, --lr) of a run on ``arch`` that has to learn its features."""
+        return LEARNING_OUTER if _flat(arch) else cls.pooled_outer
+
+    @classmethod
     def outer_step(cls, arch: str | None, bits: list[int] | None = None) -> tuple[int, float]:
         """(--meta-batch, --lr) a run of the model ``arch`` at weight widths ``bits`` gets by default."""
-        from ...models import model_traits
-
-        if arch is None or not model_traits(arch)["flat_features"]:
-            return cls.pooled_outer
-        return LEARNING_OUTER if 1 in (bits or ()) else PAPER_OUTER
+        if _flat(arch) and 1 not in (bits or ()):
+            return PAPER_OUTER
+        return cls.learning_step(arch)
 
     @classmethod
     def run_defaults(cls, options: dict, epochs: int, batch_size: int = REF_BATCH,
