@@ -60,8 +60,9 @@ class EpisodeOptions(MethodOptions):
 PAPER_OUTER = (4, 1e-4)
 LEARNING_OUTER = (1, 3e-3)
 # mebqat-maml's on pooled models: at 3e-3 its 2 bits ended near chance on resnet20 w0.5 at 2
-# epochs on two seeds of three (41.99 / 29.19 / 39.34); at 1e-2 44.36 / 51.52 / 41.38 and every
-# other width higher on the mean (200 test episodes; docs/benchmarks.md, "Stop 48")
+# epochs on two seeds of three (41.99 / 29.19 / 39.34); at 1e-2 44.41 / 51.42 / 41.63, every
+# width higher on the mean (10 epochs too). W4 qat-fomaml lost 8.7 points at 1e-2, so the
+# baselines keep 3e-3 (docs/benchmarks.md, "MAML's outer steps")
 MEBQAT_POOLED_OUTER = (1, 1e-2)
 
 
