@@ -79,7 +79,7 @@ def _train_and_save(path, mnist, method, quant: dict, bits, scheme=None, steps=2
         "quant": quant, "options": {"scheme": scheme} if scheme else {}})
     top = max(bits)
     model = quantize_model(create_model("cnn", 10, 1, 28),
-                           QuantConfig(**dict(quant, w_bits=top, a_bits=top)))
+                           QuantConfig(**dict(quant, w_bits=top, a_bits=top)), (1, 28, 28))
     if scheme:
         set_bit_scheme(model, scheme)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
@@ -129,6 +129,14 @@ def lsq_ckpt(tmp_path_factory, mnist):
 
 
 @pytest.fixture(scope="module")
+def signed_ckpt(tmp_path_factory, mnist):
+    """PACT, first/last layers at 8 bits: the first conv reads the normalised image, which is
+    negative on the background, so its input quantizer is signed."""
+    return _train_and_save(tmp_path_factory.mktemp("signed") / "signed.safetensors", mnist, "qat",
+                           {"weight": "dorefa", "act": "pact", "first_last_bits": 8}, [4])
+
+
+@pytest.fixture(scope="module")
 def multibit_ckpt(tmp_path_factory, mnist):
     """EMQ-style: DoReFa + WBC (tanh FP path), one shared BN affine with statistics per width,
     trained at 2, 4 and 8 bits."""
@@ -169,7 +177,7 @@ def _export(ckpt, out, *args):
     return json.loads(res.stdout)
 
 
-@pytest.mark.parametrize("name", ["qat", "mixed", "lsq"])
+@pytest.mark.parametrize("name", ["qat", "mixed", "lsq", "signed"])
 def test_packed_runtime_agrees_with_fake_quant(name, request, mnist, tmp_path):
     ckpt = request.getfixturevalue(f"{name}_ckpt")
     out = tmp_path / "m.packed.safetensors"
@@ -401,3 +409,17 @@ def test_width_scaled_pact_exports_each_widths_own_clip():
     assert float(aq.clip(2).detach()) == pytest.approx(4.0 * F.width_clip_ratio(2))
     codes = _float_input("layer", aq, 32)  # FP path: clipped at alpha itself
     assert codes is not None and codes.hi * codes.scale == 4.0
+
+
+@pytest.mark.parametrize("fmt", ["packed", "onnx"])
+def test_signed_inputs_export_as_symmetric_codes(fmt, signed_ckpt, mnist, tmp_path):
+    from mbq.core.export.codes import act_codes_params
+
+    model, _ = load_checkpoint(signed_ckpt)
+    assert [n for n, m in model.named_modules() if getattr(m, "signed", False)] == ["conv1.act_quant"]
+    a1, a2 = act_codes_params("conv1", model.conv1), act_codes_params("conv2", model.conv2)
+    assert (a1.lo, a1.hi, a2.lo, a2.hi) == (-127, 127, 0, 15)
+    out = tmp_path / ("s.onnx" if fmt == "onnx" else "s.packed.safetensors")
+    _export(signed_ckpt, out, "--format", fmt)
+    _assert_agree(_fake_quant_predictions(signed_ckpt, mnist), _exported_predictions(out, fmt, mnist),
+                  mnist[1].labels)

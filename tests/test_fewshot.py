@@ -221,3 +221,11 @@ def test_eval_ways_beyond_meta_test_classes_exit_2(tmp_path, capsys):
     assert code == 2 and "larger than the 4 meta-test classes" in err, err
     code, err = run_main(["eval", ckpt, "--shots", "2000", "--episodes", "2", "--device", "cpu"], capsys)
     assert code == 2 and "smallest meta-test class" in err, err
+
+
+def test_a_maml_run_that_diverges_is_told_to_lower_the_inner_step(tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    code, err = run_main(["train", "--method", "fomaml", *TINY, "--inner-lr", "1e30", "--out", out], capsys)
+    assert code == 1
+    assert "loss became" in err and "Lower --inner-lr (now 1e+30: 5 plain SGD steps" in err
+    assert len(err.strip().splitlines()) == 1

@@ -247,3 +247,31 @@ def test_width_clip_ratio_is_monotone_from_two_bits_and_one_at_one_and_eight_bit
     assert 0.46 < F.width_clip_ratio(2) < 0.47
     with pytest.raises(ValueError):
         F.width_clip_ratio(0)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_signed_act_is_a_symmetric_grid_with_zero(bits):
+    x = torch.linspace(-3, 3, 2001)
+    clip = torch.tensor(1.5)
+    q = F.signed_act(x, clip, bits)
+    n = 2 ** (bits - 1) - 1
+    codes = q / clip * n
+    assert torch.allclose(codes, codes.round(), atol=1e-4)
+    assert set(codes.round().unique().tolist()) == set(range(-n, n + 1))  # zero is a code
+    assert q.min() == -clip and q.max() == clip  # negatives kept, not clipped at 0
+    assert torch.equal(F.signed_act(x, clip, 32), x)
+
+
+def test_signed_act_gradients():
+    x = torch.tensor([-2.0, -0.4, 0.3, 2.0], requires_grad=True)
+    clip = torch.tensor(1.0, requires_grad=True)
+    F.signed_act(x, clip, 4).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0]  # straight through inside the clip
+    # +-1 outside (they cancel here) plus the rounding residuals of -0.4 and 0.3 (7 steps a side)
+    resid = (round(-0.4 * 7) / 7 + 0.4) + (round(0.3 * 7) / 7 - 0.3)
+    assert clip.grad.item() == pytest.approx(resid, abs=1e-6)
+
+
+def test_signed_act_one_bit_is_the_sign_grid():
+    x = torch.tensor([-2.0, -0.1, 0.1, 3.0])
+    assert F.signed_act(x, torch.tensor(0.5), 1).tolist() == [-0.5, -0.5, 0.5, 0.5]

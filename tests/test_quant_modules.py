@@ -303,3 +303,68 @@ def test_width_scaled_pact_is_pact_at_a_scaled_clip(bits):
     assert torch.allclose(scaled.alpha.grad, plain_clip.alpha.grad * r, rtol=1e-5)
     if bits >= 8:
         assert torch.equal(scaled(x, bits), plain(x, bits))
+
+
+def _signed(model) -> list[str]:
+    return [n for n, m in quantized_layers(model) if m.act_quant.signed]
+
+
+def test_signed_inputs_found_where_a_layer_reads_negative_values():
+    torch.manual_seed(0)
+    m = create_model("mobilenet_v2", num_classes=10, in_channels=1, image_size=28, width_mult=0.25)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    quantize_model(m, QuantConfig(act="pact", w_bits=4, a_bits=4), (1, 28, 28))
+    signed = _signed(m)
+    # every inverted residual that expands reads the previous block's linear bottleneck, and
+    # the last 1x1 conv the last block's; depthwise and projection convs read a ReLU6
+    assert signed == [f"features.{i}.conv.0.0" for i in range(2, 18)] + ["features.18.0"]
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in state.items())  # the probe changed nothing
+    for arch in ("cnn", "resnet20"):  # every quantized layer reads a ReLU
+        r = quantize_model(create_model(arch, num_classes=10, in_channels=1, image_size=28),
+                           QuantConfig(act="pact", w_bits=4, a_bits=4), (1, 28, 28))
+        assert _signed(r) == []
+    off = quantize_model(create_model("mobilenet_v2", num_classes=10, in_channels=1, image_size=28,
+                                      width_mult=0.25), QuantConfig(act="pact", signed_inputs=False), (1, 28, 28))
+    assert _signed(off) == []
+
+
+@pytest.mark.parametrize("act", ["clamp", "clamp_fp", "pact", "pact_fp", "pact_width", "lsq"])
+def test_a_signed_input_keeps_its_negative_half(act):
+    torch.manual_seed(0)
+    # the first and last layers stay float: the middle one reads the first's signed output
+    layer = quantize_model(nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 4), nn.Linear(4, 2)),
+                           QuantConfig(act=act, w_bits=4, a_bits=4), (8,))[1]
+    assert layer.act_quant.signed and "signed=True" in repr(layer)
+    x = torch.randn(64, 4) * 2
+    for bits in (4, 32):
+        y = layer.quantized_input(x) if bits == 4 else layer.act_quant(x, 32)
+        assert (y < 0).float().mean() > 0.3, (act, bits)
+        inside = x.abs() < 1  # every clip here is >= 1: the FP path clips but does not round
+        assert bits == 4 or torch.equal(y[inside], x[inside])
+
+
+def test_checkpoint_from_before_signed_inputs_rebuilds_unsigned(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from mbq.core.checkpoint import load_checkpoint
+    from mbq.core.config import TrainConfig
+
+    cfg = TrainConfig.model_validate({"method": "qat", "bits": [4],
+                                      "model": {"arch": "mobilenet_v2", "num_classes": 10, "in_channels": 1,
+                                                "image_size": 28, "kwargs": {"width_mult": 0.25}},
+                                      "quant": {"act": "pact", "w_bits": 4, "a_bits": 4}})
+    model = quantize_model(create_model("mobilenet_v2", num_classes=10, in_channels=1, image_size=28,
+                                        width_mult=0.25), cfg.quant, (1, 28, 28))
+    meta = {"mbq.method": "qat", "mbq.arch": "mobilenet_v2", "mbq.num_classes": "10", "mbq.in_channels": "1",
+            "mbq.image_size": "28", "mbq.bits": [4], "mbq.config": cfg.model_dump(mode="json")}
+    new = save_checkpoint(model, tmp_path / "new.safetensors", meta)
+    assert len(_signed(load_checkpoint(new)[0])) == 17
+    with safe_open(str(new), "pt") as f:
+        raw, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    old_cfg = json.loads(raw["mbq.config"])
+    del old_cfg["quant"]["signed_inputs"]
+    save_file(tensors, str(tmp_path / "old.safetensors"), dict(raw, **{"mbq.config": json.dumps(old_cfg)}))
+    assert _signed(load_checkpoint(tmp_path / "old.safetensors")[0]) == []

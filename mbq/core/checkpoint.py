@@ -95,6 +95,8 @@ def _upgrade_config(cfg: dict) -> None:
     from .methods import list_methods, options_class
 
     quant, options = cfg.get("quant"), cfg.get("options")
+    if isinstance(quant, dict):
+        quant.setdefault("signed_inputs", False)  # every input was quantized unsigned before
     if cfg.get("method") not in list_methods() or not isinstance(quant, dict) or not isinstance(options, dict):
         return  # create_method reports what is wrong
     for option, (field, before) in options_class(cfg["method"]).recorded_in_quant.items():

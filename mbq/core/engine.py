@@ -97,7 +97,7 @@ class TrainContext:
         if not torch.isfinite(loss.detach()).all():
             raise RunFailed(f"loss became {loss.detach().float().item()} at epoch {self.epoch + 1}, "
                             f"step {self.global_step}; stopped (the last checkpoint is kept). "
-                            "Lower --lr or check the data.")
+                            + self.method.divergence_advice())
         loss.backward()
 
     def loader(self, dataset=None, *, shuffle: bool = True, augment: bool = True, indices=None,

@@ -14,8 +14,10 @@ Weight bias correction (EMQ) is a per-channel affine ``g*w + o`` on top, folded 
 quantizer's own output (no quantizer math is repeated here) and every result is checked
 against the fake-quantized weight it stands for.
 
-Activations entering a quantized layer are unsigned codes ``x = act_scale * q``,
-``q in [lo, hi]``; a float input may still be clipped (``clamp_fp`` at 32 bits).
+Activations entering a quantized layer are codes ``x = act_scale * q``, ``q in [lo, hi]``:
+unsigned ``[0, 2^b-1]``, or, where the input can be negative, symmetric ``[-(2^(b-1)-1),
+2^(b-1)-1]`` (two's complement for LSQ); a float input may still be clipped (``clamp_fp``
+at 32 bits).
 """
 from __future__ import annotations
 
@@ -157,11 +159,12 @@ def _float_input(name: str, aq, bits: int) -> ActCodes | None:
     y = aq(x, bits)
     if torch.equal(y, x):
         return None
-    if torch.equal(y, x.clamp(0, 1)):
-        return ActCodes(bits, 1.0, 0, 1, "clip")  # float input, clipped to [lo, hi] * scale
+    lo = -1 if aq.signed else 0
+    if torch.equal(y, x.clamp(lo, 1)):
+        return ActCodes(bits, 1.0, lo, 1, "clip")  # float input, clipped to [lo, hi] * scale
     alpha = aq.clip(bits).detach() if isinstance(aq, PACTAct) else None  # pact_fp: clipped to [0, alpha]
-    if alpha is not None and torch.equal(y, torch.minimum(x.clamp(min=0), alpha.to(x.dtype))):
-        return ActCodes(bits, float(alpha), 0, 1, "clip")
+    if alpha is not None and torch.equal(y, (x.clamp(min=0) if lo == 0 else x).clamp(lo * alpha, alpha)):
+        return ActCodes(bits, float(alpha), lo, 1, "clip")
     raise MbqError(f"layer {name}: the {type(aq).__name__} activation quantizer changes float "
                    "inputs in a way export cannot represent")
 
@@ -177,16 +180,20 @@ def act_codes_params(name: str, layer) -> ActCodes | None:
         return _float_input(name, aq, bits)
     if bits > MAX_PACKED_BITS:
         raise MbqError(f"layer {name} has {bits}-bit activations; export handles 1..8 bits and float")
-    n = (1 << bits) - 1
+    if aq.signed and bits == 1:
+        raise MbqError(f"layer {name}: its input can be negative and 1-bit signed activations (the "
+                       "sign grid) have no integer form with a zero code; export it at 2 bits or more")
+    n = F.signed_levels(bits) if aq.signed else (1 << bits) - 1
+    lo = -n if aq.signed else 0
     if isinstance(aq, ClampAct):
-        return ActCodes(bits, 1.0 / n, 0, n, "clamp")
+        return ActCodes(bits, 1.0 / n, lo, n, "clamp")
     if isinstance(aq, PACTAct):
-        return _positive(name, ActCodes(bits, float(aq.clip(bits).detach()) / n, 0, n, "pact"))
+        return _positive(name, ActCodes(bits, float(aq.clip(bits).detach()) / n, lo, n, "pact"))
     if isinstance(aq, LSQAct):
         if not bool(aq.initialized[bits]):
             raise MbqError(f"layer {name}: the LSQ activation step for {bits} bits was never "
                            "initialised (the model never ran at that width)")
-        lo, hi = F.lsq_range(bits, False)
+        lo, hi = F.lsq_range(bits, aq.signed)
         return _positive(name, ActCodes(bits, float(aq.step[bits].detach()), lo, hi, "lsq"))
     raise MbqError(f"layer {name}: no integer form for the {type(aq).__name__} activation quantizer")
 

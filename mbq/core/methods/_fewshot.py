@@ -74,7 +74,7 @@ class FewShotMethod(Method):
         mc = self.cfg.model
         model = create_model(mc.arch, num_classes=self.out_features(), in_channels=mc.in_channels,
                              image_size=mc.image_size, **mc.kwargs)
-        quantize_model(model, self.quant_config())
+        quantize_model(model, self.quant_config(), (mc.in_channels, mc.image_size, mc.image_size))
         # episodes are normalised with their own statistics (MAML / ProtoNet reference code)
         return use_batch_statistics(model)
 

@@ -54,7 +54,7 @@ class Method(ABC):
         q = self.quant_config()
         if q is not None:
             from ..quant import quantize_model
-            quantize_model(model, q)
+            quantize_model(model, q, (mc.in_channels, mc.image_size, mc.image_size))
         return model
 
     def trained_bits(self) -> list[int]:
@@ -80,6 +80,10 @@ class Method(ABC):
     def near_chance_advice(self) -> str | None:
         """What to try when a trained width ends near chance (the health check adds it)."""
         return None
+
+    def divergence_advice(self) -> str:
+        """What to try when the training loss becomes NaN or infinite."""
+        return "Lower --lr or check the data."
 
     def training_accuracy_transfers(self) -> bool:
         """Whether the test top-1 should be near the training accuracy (the same classes);

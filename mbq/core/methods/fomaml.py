@@ -49,6 +49,12 @@ class FOMAMLMethod(FewShotMethod):
         return (f"MAML took {steps} outer step{'s' * (steps != 1)} at {name} {lr:g}; try "
                 f"{', '.join(tries)} (docs/mebqat.md, \"MAML's outer step\")")
 
+    def divergence_advice(self) -> str:
+        # the inner loop's plain SGD steps are the likelier cause: on mobilenet_v2 its support
+        # gradients reach norms of 1e3 (resnet20: 2-10), while Adam bounds the outer step
+        return (f"Lower --inner-lr (now {self.opts.inner_lr:g}: {self.opts.inner_steps} plain SGD steps "
+                "on each support set), then --lr, or check the data.")
+
     def _fast_copy(self, model):
         if self._fast is None or self._fast[0] is not model:
             self._fast = (model, copy.deepcopy(model))

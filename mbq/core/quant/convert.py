@@ -40,13 +40,38 @@ def _qlayer_from(m: nn.Module, qkwargs: dict) -> nn.Module:
     return q
 
 
-def quantize_model(model: nn.Module, qconfig) -> nn.Module:
+@torch.no_grad()
+def signed_input_layers(model: nn.Module, input_shape: tuple[int, ...]) -> set[str]:
+    """Names of the conv/linear layers whose input can be negative, found by one eval-mode
+    pass of a random batch (no state changes): a ReLU's output never is, a linear
+    bottleneck, residual sum or LayerNorm's output is, whatever the weights."""
+    seen: set[str] = set()
+    hooks = [m.register_forward_hook(lambda _m, inp, _out, n=n: seen.add(n) if bool((inp[0] < 0).any()) else None)
+             for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    ref = next(model.parameters())
+    x = torch.randn((2, *input_shape), generator=torch.Generator().manual_seed(0)).to(ref.device, ref.dtype)
+    was_training = model.training
+    try:
+        model.eval()
+        model(x)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def quantize_model(model: nn.Module, qconfig, input_shape: tuple[int, ...] | None = None) -> nn.Module:
     """Swap conv/linear layers for fake-quantized ones, in place; returns ``model``.
 
     ``qconfig`` is a :class:`mbq.core.config.QuantConfig` (or anything with
-    the same attributes).
+    the same attributes). With ``input_shape`` (C, H, W) and ``qconfig.signed_inputs``,
+    layers whose input can be negative get a signed activation quantizer; without it
+    every input is taken to be a ReLU's (unsigned).
     """
     first, last = _first_last(model)
+    signed = (signed_input_layers(model, input_shape)
+              if input_shape is not None and getattr(qconfig, "signed_inputs", False) else set())
     base = dict(weight_quant=qconfig.weight, act_quant=qconfig.act, fp_path=qconfig.fp_path,
                 wbc=qconfig.wbc, wbc_detach=qconfig.wbc_detach,
                 wbc_per_channel=qconfig.wbc_per_channel, w_scale=getattr(qconfig, "w_scale", "tensor"))
@@ -61,7 +86,9 @@ def quantize_model(model: nn.Module, qconfig) -> nn.Module:
         kw = dict(base, w_bits=bits, a_bits=abits, pinned=pinned)
         if pinned:
             kw["wbc"] = False  # fixed width: nothing to align across widths
-        _set_child(model, name, _qlayer_from(m, kw))
+        q = _qlayer_from(m, kw)
+        q.act_quant.signed = name in signed
+        _set_child(model, name, q)
     if qconfig.switchable_bn:
         for name, m in [(n, m) for n, m in model.named_modules() if type(m) is nn.BatchNorm2d]:
             sbn = SwitchableBatchNorm2d(m.num_features, list(qconfig.switchable_bn), eps=m.eps,

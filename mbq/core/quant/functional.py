@@ -148,6 +148,61 @@ def pact_act(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
     return _PACTQuant.apply(x, alpha, levels)
 
 
+
+def signed_levels(bits: int) -> int:
+    """Steps on each side of zero of a symmetric ``bits``-bit grid: 2^(b-1) - 1 (narrow
+    range, so zero is a code); 1 bit is the sign grid {-clip, +clip}."""
+    return max((1 << (bits - 1)) - 1, 1)
+
+
+def signed_clip(x: torch.Tensor, clip: torch.Tensor | float) -> torch.Tensor:
+    """x clipped to [-clip, clip] (a learned clip gets the clip's gradient)."""
+    if not isinstance(clip, torch.Tensor):
+        return x.clamp(-clip, clip)
+    c = clip.to(x.dtype)
+    return torch.maximum(torch.minimum(x, c), -c)
+
+
+class _SignedQuant(torch.autograd.Function):
+    """``signed_act`` in one pass, its gradients from two saved masks and a residual (as
+    _PACTQuant: autograd through clamp / round_ste keeps several activation-sized tensors)."""
+
+    @staticmethod
+    def forward(ctx, x, clip, bits):
+        a = clip.to(x.dtype)
+        n = signed_levels(bits)
+        t = torch.maximum(torch.minimum(x, a), -a).mul_(n / a)  # in [-n, n]
+        q = torch.where(t >= 0, 1.0, -1.0).to(t.dtype) if bits == 1 else t.round()
+        above, below = x >= a, x <= -a
+        # d/d(clip): +1 above, -1 below, the rounding residual (q - t) / n inside
+        resid = q.sub(t).div_(n).masked_fill_(above, 1.0).masked_fill_(below, -1.0)
+        ctx.save_for_backward(above.logical_or_(below), resid)
+        ctx.clip_shape, ctx.clip_dtype = clip.shape, clip.dtype
+        return q.mul_(a / n)
+
+    @staticmethod
+    def backward(ctx, grad):
+        outside, resid = ctx.saved_tensors
+        gc = grad.reshape(-1).dot(resid.reshape(-1).to(grad.dtype))
+        return grad.masked_fill(outside, 0), gc.reshape(ctx.clip_shape).to(ctx.clip_dtype), None
+
+
+def signed_act(x: torch.Tensor, clip: torch.Tensor | float, bits: int) -> torch.Tensor:
+    """An input that can be negative (a linear bottleneck, a residual sum, LayerNorm):
+    clip to [-clip, clip] and round to the symmetric grid. The unsigned quantizers clip
+    it at 0 instead, which drops half of it. d/d(clip) is +-1 outside the clip plus the
+    rounding residual (as ``pact_act``); d/dx is 1 inside."""
+    if is_fp(bits):
+        return x
+    if not isinstance(clip, torch.Tensor):
+        clip = torch.tensor(float(clip), device=x.device)
+    if torch.is_grad_enabled() and (x.requires_grad or clip.requires_grad):
+        return _SignedQuant.apply(x, clip, bits)
+    n, a = signed_levels(bits), clip.to(x.dtype)
+    t = torch.maximum(torch.minimum(x, a), -a).mul_(n / a)
+    q = torch.where(t >= 0, 1.0, -1.0).to(t.dtype) if bits == 1 else t.round_()
+    return q.mul_(a / n)
+
 # Clip of the MSE-optimal uniform quantizer of a rectified unit Gaussian with 2^b - 1 steps
 # on [0, clip] (golden-section search on the exact integral; tests re-derive it). Coarse widths
 # want a much tighter clip: 1.95 at 2 bits against 4.21 at 8.

@@ -73,13 +73,16 @@ class _LSQBase(nn.Module):
         self.step = nn.Parameter(torch.ones(_MAX_BITS + 1))
         self.register_buffer("initialized", torch.zeros(_MAX_BITS + 1, dtype=torch.bool))
 
-    def _quant(self, x: torch.Tensor, bits: int) -> torch.Tensor:
-        if F.is_fp(bits):
-            return x
+    def _init_step(self, x: torch.Tensor, bits: int) -> None:
         if not bool(self.initialized[bits]):
             with torch.no_grad():
                 self.step[bits] = F.lsq_init_step(x, bits, self.signed).clamp_min(1e-8)
                 self.initialized[bits] = True
+
+    def _quant(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        if F.is_fp(bits):
+            return x
+        self._init_step(x, bits)
         qmin, qmax = F.lsq_range(bits, self.signed)
         gscale = 1.0 / (x.numel() * max(qmax, 1)) ** 0.5
         return F.lsq_quantize(x, self.step[bits], qmin, qmax, gscale)
@@ -93,13 +96,23 @@ class LSQWeight(_LSQBase):
         return self._quant(w, bits)
 
 
-class ClampAct(nn.Module):
-    """q_b(clamp(x, 0, 1)) — the Any-Precision / DoReFa activation."""
+class _ActQuantizer(nn.Module):
+    """An activation quantizer: unsigned (its input is a ReLU's output) unless ``signed``,
+    which ``quantize_model`` sets where the input can be negative; a signed input is
+    clipped to [-clip, clip] on a symmetric grid instead of at 0."""
 
     supports_1bit = True
+    signed = False
+
+    def extra_repr(self) -> str:
+        return "signed=True" if self.signed else ""
+
+
+class ClampAct(_ActQuantizer):
+    """q_b(clamp(x, 0, 1)) — the Any-Precision / DoReFa activation ([-1, 1] if signed)."""
 
     def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
-        return F.clamp_act(x, bits)
+        return F.signed_act(x, 1.0, bits) if self.signed else F.clamp_act(x, bits)
 
 
 class ClampActFP(ClampAct):
@@ -107,13 +120,13 @@ class ClampActFP(ClampAct):
     feeds the next layer the same range (what a BN shared by all widths needs)."""
 
     def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
-        return x.clamp(0, 1) if F.is_fp(bits) else F.clamp_act(x, bits)
+        if not F.is_fp(bits):
+            return super().forward(x, bits)
+        return x.clamp(-1 if self.signed else 0, 1)
 
 
-class PACTAct(nn.Module):
+class PACTAct(_ActQuantizer):
     """PACT/SAT activation with a learned clip alpha shared by all widths."""
-
-    supports_1bit = True
 
     def __init__(self, init_alpha: float = 6.0):
         super().__init__()
@@ -124,6 +137,8 @@ class PACTAct(nn.Module):
         return self.alpha
 
     def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        if self.signed:
+            return F.signed_act(x, self.clip(bits), bits)
         return F.pact_act(x, self.clip(bits), bits)
 
 
@@ -132,9 +147,11 @@ class PACTActFP(PACTAct):
     quantized widths, so a BN shared by all widths sees one range at FP as well."""
 
     def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
-        if F.is_fp(bits):
-            return torch.minimum(x.clamp(min=0), self.clip(bits).to(x.dtype))
-        return F.pact_act(x, self.clip(bits), bits)
+        if not F.is_fp(bits):
+            return super().forward(x, bits)
+        if self.signed:
+            return F.signed_clip(x, self.clip(bits))
+        return torch.minimum(x.clamp(min=0), self.clip(bits).to(x.dtype))
 
 
 class PACTWidthAct(PACTAct):
@@ -155,16 +172,20 @@ class PACTWidthActFP(PACTWidthAct, PACTActFP):
 
 class LSQAct(_LSQBase):
     supports_1bit = True
-    signed = False
+    signed = False  # set where the input can be negative: the two's-complement range
 
     def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        if self.signed and bits == 1:  # two's complement has no +1: the sign grid, the step as clip
+            self._init_step(x, bits)
+            return F.signed_act(x, self.step[bits], bits)
         return self._quant(x, bits)
 
+    def extra_repr(self) -> str:
+        return "signed=True" if self.signed else ""
 
-class NoAct(nn.Module):
+
+class NoAct(_ActQuantizer):
     """Activations stay float at every width."""
-
-    supports_1bit = True
 
     def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
         return x
