@@ -104,7 +104,23 @@ def clamp_act(x: torch.Tensor, bits: int) -> torch.Tensor:
     return _ClampQuant.apply(x, levels)
 
 
-class _PACTQuant(torch.autograd.Function):
+class _LearnedClipQuant(torch.autograd.Function):
+    """Backward of a fake-quant with a learned clip: x's gradient passes inside the clip,
+    the clip's is grad . resid (forward saves the outside mask and the residual)."""
+
+    @staticmethod
+    def _save(ctx, outside, resid, clip):
+        ctx.save_for_backward(outside, resid)
+        ctx.clip_shape, ctx.clip_dtype = clip.shape, clip.dtype
+
+    @staticmethod
+    def backward(ctx, grad):
+        outside, resid = ctx.saved_tensors
+        gc = grad.reshape(-1).dot(resid.reshape(-1).to(grad.dtype))
+        return grad.masked_fill(outside, 0), gc.reshape(ctx.clip_shape).to(ctx.clip_dtype), None
+
+
+class _PACTQuant(_LearnedClipQuant):
     """PACT/SAT fake-quant in one pass, its gradients from one saved copy of x.
 
     Autograd through relu/minimum/round_ste keeps five activation-sized tensors
@@ -121,16 +137,8 @@ class _PACTQuant(torch.autograd.Function):
         # as much as the quantizer's arithmetic on CPU)
         above = x >= a
         resid = torch.sub(q, u).div_(levels).masked_fill_(above, 1.0)
-        outside = above.logical_or_(x <= 0)
-        ctx.save_for_backward(outside, resid)
-        ctx.alpha_shape, ctx.alpha_dtype = alpha.shape, alpha.dtype
+        _LearnedClipQuant._save(ctx, above.logical_or_(x <= 0), resid, alpha)
         return q.mul_(a / levels)
-
-    @staticmethod
-    def backward(ctx, grad):
-        outside, resid = ctx.saved_tensors
-        ga = grad.reshape(-1).dot(resid.reshape(-1).to(grad.dtype))
-        return grad.masked_fill(outside, 0), ga.reshape(ctx.alpha_shape).to(ctx.alpha_dtype), None
 
 
 def pact_act(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
@@ -163,7 +171,7 @@ def signed_clip(x: torch.Tensor, clip: torch.Tensor | float) -> torch.Tensor:
     return torch.maximum(torch.minimum(x, c), -c)
 
 
-class _SignedQuant(torch.autograd.Function):
+class _SignedQuant(_LearnedClipQuant):
     """``signed_act`` in one pass, its gradients from two saved masks and a residual (as
     _PACTQuant: autograd through clamp / round_ste keeps several activation-sized tensors)."""
 
@@ -176,15 +184,8 @@ class _SignedQuant(torch.autograd.Function):
         above, below = x >= a, x <= -a
         # d/d(clip): +1 above, -1 below, the rounding residual (q - t) / n inside
         resid = q.sub(t).div_(n).masked_fill_(above, 1.0).masked_fill_(below, -1.0)
-        ctx.save_for_backward(above.logical_or_(below), resid)
-        ctx.clip_shape, ctx.clip_dtype = clip.shape, clip.dtype
+        _LearnedClipQuant._save(ctx, above.logical_or_(below), resid, clip)
         return q.mul_(a / n)
-
-    @staticmethod
-    def backward(ctx, grad):
-        outside, resid = ctx.saved_tensors
-        gc = grad.reshape(-1).dot(resid.reshape(-1).to(grad.dtype))
-        return grad.masked_fill(outside, 0), gc.reshape(ctx.clip_shape).to(ctx.clip_dtype), None
 
 
 def signed_act(x: torch.Tensor, clip: torch.Tensor | float, bits: int) -> torch.Tensor:
