@@ -182,7 +182,8 @@ def act_codes_params(name: str, layer) -> ActCodes | None:
         raise MbqError(f"layer {name} has {bits}-bit activations; export handles 1..8 bits and float")
     if aq.signed and bits == 1:
         raise MbqError(f"layer {name}: its input can be negative and 1-bit signed activations (the "
-                       "sign grid) have no integer form with a zero code; export it at 2 bits or more")
+                       "sign grid) have no integer form with a zero code; it needs 2-bit or wider "
+                       "activations (--act-bits, or --first-last-bits for the first layer)")
     n = F.signed_levels(bits) if aq.signed else (1 << bits) - 1
     lo = -n if aq.signed else 0
     if isinstance(aq, ClampAct):
