@@ -171,16 +171,20 @@ def signed_clip(x: torch.Tensor, clip: torch.Tensor | float) -> torch.Tensor:
     return torch.maximum(torch.minimum(x, c), -c)
 
 
+def _signed_codes(x: torch.Tensor, a: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x clipped to [-a, a] in steps, in [-n, n]; its codes on the symmetric grid)."""
+    t = signed_clip(x, a).mul_(signed_levels(bits) / a)
+    return t, (torch.where(t >= 0, 1.0, -1.0).to(t.dtype) if bits == 1 else t.round())
+
+
 class _SignedQuant(_LearnedClipQuant):
     """``signed_act`` in one pass, its gradients from two saved masks and a residual (as
     _PACTQuant: autograd through clamp / round_ste keeps several activation-sized tensors)."""
 
     @staticmethod
     def forward(ctx, x, clip, bits):
-        a = clip.to(x.dtype)
-        n = signed_levels(bits)
-        t = torch.maximum(torch.minimum(x, a), -a).mul_(n / a)  # in [-n, n]
-        q = torch.where(t >= 0, 1.0, -1.0).to(t.dtype) if bits == 1 else t.round()
+        a, n = clip.to(x.dtype), signed_levels(bits)
+        t, q = _signed_codes(x, a, bits)
         above, below = x >= a, x <= -a
         # d/d(clip): +1 above, -1 below, the rounding residual (q - t) / n inside
         resid = q.sub(t).div_(n).masked_fill_(above, 1.0).masked_fill_(below, -1.0)
@@ -199,10 +203,8 @@ def signed_act(x: torch.Tensor, clip: torch.Tensor | float, bits: int) -> torch.
         clip = torch.tensor(float(clip), device=x.device)
     if torch.is_grad_enabled() and (x.requires_grad or clip.requires_grad):
         return _SignedQuant.apply(x, clip, bits)
-    n, a = signed_levels(bits), clip.to(x.dtype)
-    t = torch.maximum(torch.minimum(x, a), -a).mul_(n / a)
-    q = torch.where(t >= 0, 1.0, -1.0).to(t.dtype) if bits == 1 else t.round_()
-    return q.mul_(a / n)
+    a = clip.to(x.dtype)
+    return _signed_codes(x, a, bits)[1].mul_(a / signed_levels(bits))
 
 # Clip of the MSE-optimal uniform quantizer of a rectified unit Gaussian with 2^b - 1 steps
 # on [0, clip] (golden-section search on the exact integral; tests re-derive it). Coarse widths
