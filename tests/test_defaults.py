@@ -423,6 +423,34 @@ def test_benchmark_fewshot_variants_are_judged_against_their_dedicated_models():
     assert not any("97%" in ln for ln in lines)
 
 
+def test_benchmark_judges_a_cell_on_the_mean_of_the_seeds_every_method_ran():
+    bench = _bench()
+    cell = dict(bench.CELLS["fs-cnn"])
+
+    def row(method, seed, top1):
+        return {"cell": "fs-cnn", "method": method, "config": cell, "top1": top1, "train_s": 4.0,
+                "argv": ["--seed", str(seed)], "optim": {"optimizer": "adam", "lr": 0.003}}
+    seed0 = [row("protonet", 0, {"fp": 60.0}), row("mebqat-pn", 0, {"fp": 57.0, "2": 50.0, "4": 51.0, "8": 52.0})]
+    fp = next(ln for ln in bench.check_cell(seed0) if "width fp" in ln)
+    assert fp.startswith("MISS") and "+3.00" in fp and "mean of seeds" not in fp  # seed 0 alone: as before
+    more = seed0 + [dict(row("protonet", 1, {"fp": 58.0}), seed=1), dict(row("protonet", 2, {"fp": 59.0}), seed=2),
+                    dict(row("mebqat-pn", 1, {"fp": 59.0, "4": 50.0}), seed=1),
+                    dict(row("mebqat-pn", 2, {"fp": 59.5, "4": 50.0}), seed=2)]
+    lines = bench.check_cell(more)
+    fp = next(ln for ln in lines if "width fp" in ln)
+    assert fp.startswith("ok") and "+0.50 below protonet" in fp  # (60 + 58 + 59) / 3 - (57 + 59 + 59.5) / 3
+    assert "mean of seeds 0,1,2; per seed +3.00 / -1.00 / -0.50" in fp
+    assert not any("width 2" in ln for ln in lines)  # a width not measured at every seed is not judged
+    # merging keeps one row per cell, method and seed; the table shows one line per method
+    merged = bench._merged({"rows": more}, [dict(row("protonet", 1, {"fp": 61.0}), seed=1)])
+    assert len(merged) == len(more) and [bench.seed_of(r) for r in merged] == sorted(bench.seed_of(r) for r in merged)
+    text = bench.table(merged)
+    assert text.count("| protonet |") == 1 and "mean of seeds 0,1,2: fp: 60.00 (60.0 / 61.0 / 59.0)" in text
+    # a method that ran seed 0 only holds the cell to seed 0 (the seeds every method ran)
+    lone = more + [row("qat-pn", 0, {"4": 55.0})]
+    assert all("mean of seeds" not in ln for ln in bench.check_cell(lone))
+
+
 def test_benchmark_says_when_a_compared_pair_ran_on_different_cpu_kernels():
     bench = _bench()
     cell = dict(bench.CELLS["fs-cnn"])
