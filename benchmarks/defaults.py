@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -261,8 +262,11 @@ def _gap(ref: dict, ref_lab: str, row: dict, lab: str) -> tuple[float, str]:
     a, b = ref.get("top1_seeds", {}).get(ref_lab), row.get("top1_seeds", {}).get(lab)
     if not (a and b):
         return gap, ""
-    per = " / ".join(f"{x - y:+.2f}" for x, y in zip(a, b))
-    return gap, f" [mean of seeds {','.join(map(str, row['seeds']))}; per seed {per}]"
+    gaps = [x - y for x, y in zip(a, b)]
+    # the standard error of the mean gap: how far a 1-point rule can be resolved by these seeds
+    se = statistics.stdev(gaps) / len(gaps) ** 0.5
+    per = " / ".join(f"{g:+.2f}" for g in gaps)
+    return gap, f" [mean of seeds {','.join(map(str, row['seeds']))}; per seed {per}; s.e. {se:.2f}]"
 
 
 def check_cell(rows: list[dict]) -> list[str]:
@@ -363,7 +367,7 @@ def table(rows: list[dict]) -> str:
                      f"{o['optimizer']} {o['lr']:.4g}{warm} | {widths} | {r['train_s']:.0f} | {_code_text(r)} |")
     if any(r.get("problems") for r in rows):
         lines += ["", "Health check failures: " + "; ".join(
-            f"{r['cell']}/{r.get('name', r['method'])}: {p}" for r in rows for p in r.get("problems", []))]
+            f"{r['cell']}/{_name(r)} (seed {seed_of(r)}): {p}" for r in rows for p in r.get("problems", []))]
     return "\n".join(lines)
 
 

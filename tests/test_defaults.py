@@ -439,7 +439,7 @@ def test_benchmark_judges_a_cell_on_the_mean_of_the_seeds_every_method_ran():
     lines = bench.check_cell(more)
     fp = next(ln for ln in lines if "width fp" in ln)
     assert fp.startswith("ok") and "+0.50 below protonet" in fp  # (60 + 58 + 59) / 3 - (57 + 59 + 59.5) / 3
-    assert "mean of seeds 0,1,2; per seed +3.00 / -1.00 / -0.50" in fp
+    assert "mean of seeds 0,1,2; per seed +3.00 / -1.00 / -0.50; s.e. 1.26]" in fp
     assert not any("width 2" in ln for ln in lines)  # a width not measured at every seed is not judged
     # merging keeps one row per cell, method and seed; the table shows one line per method
     merged = bench._merged({"rows": more}, [dict(row("protonet", 1, {"fp": 61.0}), seed=1)])
