@@ -229,3 +229,33 @@ def test_a_maml_run_that_diverges_is_told_to_lower_the_inner_step(tmp_path, caps
     assert code == 1
     assert "loss became" in err and "Lower --inner-lr (now 1e+30: 5 plain SGD steps" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_protonet_embedding_does_not_start_at_the_zero_fixed_point():
+    # torchvision's ViT starts its head at zero: as an embedding every image maps to 0, every
+    # distance ties and the gradient is zero (vit_tiny protonet sat at 25.00% for 200 episodes)
+    import torch
+
+    from mbq.cli.train import resolve_config
+    from mbq.core.methods import create_method
+    from mbq.core.methods._fewshot import FewShotMethod
+
+    def built(arch):  # what the engine fills in from the dataset (MNIST)
+        cfg = resolve_config(["--method", "protonet", "--arch", arch])
+        cfg.model.in_channels, cfg.model.image_size, cfg.model.num_classes = 1, 28, 10
+        return cfg
+
+    cfg = built("vit_tiny")
+    cfg.model.kwargs["depth"] = 1
+    method = create_method(cfg)
+    model = method.build_model().eval()
+    assert model.heads.head.weight.abs().sum() > 0
+    emb = model(torch.randn(2, 1, 28, 28))
+    assert emb.shape == (2, method.out_features()) and not torch.allclose(emb[0], emb[1])
+    # a model whose head is drawn non-zero is built exactly as before (same draws, same weights)
+    cnn = create_method(built("cnn"))
+    torch.manual_seed(0)
+    ours = cnn.build_model().state_dict()
+    torch.manual_seed(0)
+    plain = FewShotMethod.build_model(cnn).state_dict()
+    assert ours.keys() == plain.keys() and all(torch.equal(ours[k], plain[k]) for k in ours)
