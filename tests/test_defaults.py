@@ -114,7 +114,9 @@ def test_maml_near_chance_advice_counts_the_outer_steps(method):
                               "--meta-batch", "4"))
     assert wild.near_chance_advice().startswith("MAML took 1 outer step at Adam 1; try --meta-batch 1 "
                                                 "(4x the outer steps), a lower --lr, more --epochs")
-    assert create_method(_cfg("--method", "protonet")).near_chance_advice() is None
+    for pn in ("protonet", "qat-pn", "mebqat-pn"):  # no inner loop: the advice is the schedule
+        advice = create_method(_cfg("--method", pn, "--epochs", "2")).near_chance_advice()
+        assert advice.startswith("ProtoNet took 200 episodes at Adam 0.003; try more --epochs")
 
 
 def test_mebqat_defaults_to_sgd():
