@@ -53,6 +53,23 @@ def test_first_last_fp_stay_float_layers():
     assert all(not m.pinned for _, m in quantized_layers(q))
 
 
+def test_a_zero_weight_is_redrawn_before_it_is_quantized():
+    # torchvision's ViT starts its head at zero: quantized as is, DoReFa's 0/0 gave NaN at step 0
+    from mbq.core.quant import redraw_zero_weight
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    nn.init.zeros_(model[3].weight)
+    nn.init.zeros_(model[5].weight)
+    kept = model[1].weight.detach().clone()
+    q = quantize_model(model, QuantConfig(w_bits=4, a_bits=4, first_last_bits=8))
+    x = torch.randn(2, 1, 4, 4)
+    out = q(x)
+    assert torch.isfinite(out).all() and out.abs().sum() > 0
+    assert q[3].weight.abs().sum() > 0 and q[5].weight.abs().sum() > 0
+    assert torch.equal(q[1].weight, kept)  # a drawn weight is left as it was
+    assert redraw_zero_weight(q[1]) is False and redraw_zero_weight(nn.ReLU()) is False
+
+
 def test_quantized_forward_differs_and_backprops():
     f, q = _pair("resnet20", w_bits=2, a_bits=2)
     x = torch.randn(4, 1, 28, 28)

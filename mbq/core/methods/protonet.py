@@ -8,7 +8,7 @@ from torch import nn
 
 from ..fewshot import protonet as pn
 from ..fewshot.episodes import load_episode
-from ..quant import set_bits
+from ..quant import redraw_zero_weight, set_bits
 from ._fewshot import FewShotMethod
 from ._task_grads import TaskGradients, usage_masks
 from .base import accuracy
@@ -35,7 +35,11 @@ class ProtoNetMethod(FewShotMethod):
 
     def build_model(self):
         model = super().build_model()
-        _unzero_output_layers(model)
+        # a zero head (torchvision's ViT) maps every image to one embedding: every distance
+        # ties, the loss is ln(ways) and its gradient zero (vit_tiny protonet: 25.00%)
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                redraw_zero_weight(m)
         return model
 
     def steps_per_epoch(self, n_batches: int) -> int:
@@ -67,15 +71,3 @@ class ProtoNetMethod(FewShotMethod):
     def episode_score(self, model, ep) -> float:
         return pn.episode_accuracy(model, ep)
 
-
-def _unzero_output_layers(model: nn.Module) -> None:
-    """Redraw any all-zero Linear weight (LeCun normal, as torchvision's ViT draws its other layers).
-
-    Classifiers such as torchvision's ViT start their head at zero; as an embedding that is a
-    fixed point: every image maps to 0, every distance is equal, the loss is ln(ways) and its
-    gradient is zero (vit_tiny protonet: 25.00% after 200 episodes). Models with a non-zero
-    head (cnn, resnets, mobilenets) are left exactly as built.
-    """
-    for m in model.modules():
-        if isinstance(m, nn.Linear) and not m.weight.detach().any():
-            nn.init.trunc_normal_(m.weight, std=math.sqrt(1 / m.in_features))
