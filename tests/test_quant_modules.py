@@ -53,21 +53,25 @@ def test_first_last_fp_stay_float_layers():
     assert all(not m.pinned for _, m in quantized_layers(q))
 
 
-def test_a_zero_weight_is_redrawn_before_it_is_quantized():
+def test_a_model_built_for_training_redraws_a_zero_weight_it_quantizes():
     # torchvision's ViT starts its head at zero: quantized as is, DoReFa's 0/0 gave NaN at step 0
+    from mbq.cli.train import resolve_config
+    from mbq.core.methods import create_method
     from mbq.core.quant import redraw_zero_weight
 
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
-    nn.init.zeros_(model[3].weight)
-    nn.init.zeros_(model[5].weight)
-    kept = model[1].weight.detach().clone()
-    q = quantize_model(model, QuantConfig(w_bits=4, a_bits=4, first_last_bits=8))
-    x = torch.randn(2, 1, 4, 4)
-    out = q(x)
+    cfg = resolve_config(["--method", "qat", "--arch", "vit_tiny", "--bits", "4", "--first-last-bits", "8"])
+    cfg.model.in_channels, cfg.model.image_size, cfg.model.num_classes = 1, 28, 10
+    cfg.model.kwargs["depth"] = 1
+    model = create_method(cfg).build_model()
+    assert isinstance(model.heads.head, QLinear) and model.heads.head.weight.abs().sum() > 0
+    out = model(torch.randn(2, 1, 28, 28))
     assert torch.isfinite(out).all() and out.abs().sum() > 0
-    assert q[3].weight.abs().sum() > 0 and q[5].weight.abs().sum() > 0
-    assert torch.equal(q[1].weight, kept)  # a drawn weight is left as it was
-    assert redraw_zero_weight(q[1]) is False and redraw_zero_weight(nn.ReLU()) is False
+    layer = nn.Linear(8, 4)
+    kept = layer.weight.detach().clone()
+    assert redraw_zero_weight(layer) is False and torch.equal(layer.weight, kept)  # a drawn weight stays
+    assert redraw_zero_weight(nn.ReLU()) is False
+    nn.init.zeros_(layer.weight)
+    assert redraw_zero_weight(layer) is True and layer.weight.abs().sum() > 0
 
 
 def test_quantized_forward_differs_and_backprops():

@@ -53,8 +53,10 @@ class Method(ABC):
                              image_size=mc.image_size, **mc.kwargs)
         q = self.quant_config()
         if q is not None:
-            from ..quant import quantize_model
+            from ..quant import quantize_model, quantized_layers, redraw_zero_weight
             quantize_model(model, q, (mc.in_channels, mc.image_size, mc.image_size))
+            for _, layer in quantized_layers(model):
+                redraw_zero_weight(layer)  # a zero head quantizes to NaN
         return model
 
     def trained_bits(self) -> list[int]:

@@ -66,9 +66,10 @@ def signed_input_layers(model: nn.Module, input_shape: tuple[int, ...]) -> set[s
 def redraw_zero_weight(layer: nn.Module) -> bool:
     """Redraw an all-zero weight (LeCun normal); True when it did.
 
-    Some classifiers start their head at zero (torchvision's ViT). Quantized, such a layer is a
-    fixed point: DoReFa scales by mean|w| = 0 and divides by max|tanh w| = 0, so its output is NaN
-    (vit_tiny with ``--first-last-bits 8``: NaN at step 0). Used as an embedding it is one too.
+    For a model about to be trained: some classifiers start their head at zero (torchvision's
+    ViT). Quantized, such a layer is a fixed point: DoReFa scales by mean|w| = 0 and divides by
+    max|tanh w| = 0, so its output is NaN (vit_tiny with ``--first-last-bits 8``: NaN at step 0).
+    Used as an embedding it is one too. ``quantize_model`` itself keeps every weight as it is.
     A weight that is not all zero is left untouched, and so is the random stream.
     """
     w = getattr(layer, "weight", None)
@@ -105,7 +106,6 @@ def quantize_model(model: nn.Module, qconfig, input_shape: tuple[int, ...] | Non
         kw = dict(base, w_bits=bits, a_bits=abits, pinned=pinned)
         if pinned:
             kw["wbc"] = False  # fixed width: nothing to align across widths
-        redraw_zero_weight(m)
         q = _qlayer_from(m, kw)
         q.act_quant.signed = name in signed
         _set_child(model, name, q)
