@@ -194,9 +194,14 @@ def run_one(cell_name: str, method: str, folder: Path, seed: int) -> dict:
 
 # --- targets ------------------------------------------------------------------------------
 
+def _name(row: dict) -> str:
+    """The row's METHODS name (rows from before variants were named carry only the method)."""
+    return row.get("name", row["method"])
+
+
 def _spec(row: dict) -> dict:
     """The row's METHODS entry; a variant no longer defined (an old trial) reads as its method."""
-    return METHODS.get(row.get("name", row["method"])) or METHODS[row["method"]]
+    return METHODS.get(_name(row)) or METHODS[row["method"]]
 
 
 def _trained_labels(row: dict) -> list[str]:
@@ -221,10 +226,6 @@ def seed_of(row: dict) -> int:
         return int(row["seed"])
     argv = row.get("argv", [])
     return int(argv[argv.index("--seed") + 1]) if "--seed" in argv else 0
-
-
-def _name(row: dict) -> str:
-    return row.get("name", row["method"])
 
 
 def _pooled(rows: list[dict]) -> dict[str, dict]:
@@ -363,7 +364,7 @@ def table(rows: list[dict]) -> str:
                                                if "top1_seeds" in r else "") for k, v in r["top1"].items())
         if "seeds" in r:
             widths = f"mean of seeds {','.join(map(str, r['seeds']))}: " + widths
-        lines.append(f"| {r['cell']} | {r.get('name', r['method'])} | {_cfg_text(r['config'])}{bits} | "
+        lines.append(f"| {r['cell']} | {_name(r)} | {_cfg_text(r['config'])}{bits} | "
                      f"{o['optimizer']} {o['lr']:.4g}{warm} | {widths} | {r['train_s']:.0f} | {_code_text(r)} |")
     if any(r.get("problems") for r in rows):
         lines += ["", "Health check failures: " + "; ".join(
