@@ -83,12 +83,27 @@ def test_maml_on_the_cnn_takes_the_learning_step_when_weights_are_1_bit(method, 
     assert (int(given.options["meta_batch"]), given.optim.lr) == (4, pytest.approx(1e-4))  # flags win
 
 
+@pytest.mark.parametrize("method", ["protonet", "qat-pn", "mebqat-pn"])
+def test_protonet_step_follows_the_model(method):
+    """vit_tiny protonet collapsed to one embedding at the family's 3e-3 (loss ln 4 from epoch 3)
+    and learned at 3e-4; the conv nets keep 3e-3, and a given --lr wins."""
+    from mbq.core.methods import create_method
+
+    assert _cfg("--method", method, "--arch", "vit_tiny").optim.lr == pytest.approx(3e-4)
+    for arch in ("resnet20", "cnn", "mobilenet_v2"):
+        assert _cfg("--method", method, "--arch", arch).optim.lr == pytest.approx(3e-3)
+    assert _cfg("--method", method, "--arch", "vit_tiny", "--lr", "1e-3").optim.lr == pytest.approx(1e-3)
+    advice = create_method(_cfg("--method", method, "--arch", "vit_tiny", "--epochs", "2")).near_chance_advice()
+    assert advice.startswith("ProtoNet took 200 episodes at Adam 0.0003; try more --epochs")
+
+
 def test_model_traits_are_declared_at_registration():
     from mbq.core.errors import MbqError
     from mbq.core.models import list_models, model_traits
     from mbq.core.models._registry import register_model
 
     assert [m for m in list_models() if model_traits(m)["flat_features"]] == ["cnn"]
+    assert [m for m in list_models() if model_traits(m)["transformer"]] == ["vit_tiny"]
     with pytest.raises(ValueError, match="unknown trait 'pooled'"):
         register_model("never_registered", pooled=True)
     with pytest.raises(MbqError, match="unknown model 'resnet2'.*did you mean 'resnet20'"):

@@ -225,7 +225,7 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 128,
     augment: Annotated[bool, typer.Option(help="The dataset's default batch augmentation.")] = True,
     optimizer: Annotated[str, typer.Option(help="sgd, adamw or adam.")] = "sgd",
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the method's, stated at batch 128 and scaled to --batch-size: linearly for SGD, by the square root for Adam; fp, qat and msq by the square root above 128, mebqat on both sides; fp, qat, msq, emq and mebqat warm up and cap the gradient norm at every batch; anyprec caps it at every batch and warms up above 128; episodic methods: Adam 3e-3, not scaled, mebqat-maml 1e-2; MAML on the cnn, unless --bits has 1, the paper's 1e-4).", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the method's, stated at batch 128 and scaled to --batch-size: linearly for SGD, by the square root for Adam; fp, qat and msq by the square root above 128, mebqat on both sides; fp, qat, msq, emq and mebqat warm up and cap the gradient norm at every batch; anyprec caps it at every batch and warms up above 128; episodic methods: Adam 3e-3, not scaled, mebqat-maml 1e-2; MAML on the cnn, unless --bits has 1, the paper's 1e-4; the ProtoNet family on vit 3e-4).", show_default=False)] = None,
     weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 5e-4,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
     schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = "cosine",

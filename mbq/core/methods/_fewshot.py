@@ -18,8 +18,7 @@ from ..errors import MbqError
 from ..fewshot.classes import format_classes, split_classes
 from ..fewshot.episodes import EpisodeSampler, generator, load_episode
 from ..fewshot.evaluate import run_episodes
-from ..models import create_model
-from ..quant import FP_BITS, quantize_model, quantized_layers, redraw_zero_weight
+from ..quant import FP_BITS
 from ._bittasks import all_pairs, candidate_pairs, fixed_pair, warm_up_quantizers
 from ._bn import use_batch_statistics
 from ._task_grads import clamp_grads
@@ -71,14 +70,8 @@ class FewShotMethod(Method):
         return self.cfg.quant.model_copy(update={"w_bits": w, "a_bits": a})
 
     def build_model(self) -> nn.Module:
-        mc = self.cfg.model
-        model = create_model(mc.arch, num_classes=self.out_features(), in_channels=mc.in_channels,
-                             image_size=mc.image_size, **mc.kwargs)
-        quantize_model(model, self.quant_config(), (mc.in_channels, mc.image_size, mc.image_size))
-        for _, layer in quantized_layers(model):
-            redraw_zero_weight(layer)  # a zero head quantizes to NaN
         # episodes are normalised with their own statistics (MAML / ProtoNet reference code)
-        return use_batch_statistics(model)
+        return use_batch_statistics(self._create_model(self.out_features()))
 
     @property
     def classes(self) -> tuple[list[int], list[int]]:

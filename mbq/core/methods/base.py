@@ -48,8 +48,12 @@ class Method(ABC):
         return None
 
     def build_model(self) -> nn.Module:
+        return self._create_model(self.cfg.model.num_classes)
+
+    def _create_model(self, num_classes: int) -> nn.Module:
+        """The architecture with ``num_classes`` outputs, quantized by ``quant_config``, to train."""
         mc = self.cfg.model
-        model = create_model(mc.arch, num_classes=mc.num_classes, in_channels=mc.in_channels,
+        model = create_model(mc.arch, num_classes=num_classes, in_channels=mc.in_channels,
                              image_size=mc.image_size, **mc.kwargs)
         q = self.quant_config()
         if q is not None:

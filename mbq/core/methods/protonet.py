@@ -70,4 +70,3 @@ class ProtoNetMethod(FewShotMethod):
 
     def episode_score(self, model, ep) -> float:
         return pn.episode_accuracy(model, ep)
-

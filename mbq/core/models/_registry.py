@@ -24,6 +24,9 @@ TRAIT_DEFAULTS = {
     # already separate classes, at 2 bits and above (a method that must learn features can
     # choose otherwise; MAMLOptions.outer_step also asks for the run's widths)
     "flat_features": False,
+    # self-attention blocks, trained from scratch: an Adam step that suits a conv net can
+    # collapse them (an episodic method picks a smaller one)
+    "transformer": False,
 }
 
 

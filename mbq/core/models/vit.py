@@ -33,7 +33,7 @@ def _patch_embed(in_channels: int, patch: int) -> nn.Conv2d:
     return conv
 
 
-@register_model("vit_tiny")
+@register_model("vit_tiny", transformer=True)
 def vit_tiny(num_classes: int, in_channels: int, image_size: int, depth: int = 6,
              patch_size: int | None = None) -> nn.Module:
     """ViT with hidden 192, 3 heads, MLP 768 and ``depth`` blocks (6: CPU-friendly).

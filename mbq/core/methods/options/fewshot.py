@@ -66,10 +66,14 @@ LEARNING_OUTER = (1, 3e-3)
 MEBQAT_POOLED_OUTER = (1, 1e-2)
 
 
-def _flat(arch: str | None) -> bool:
+def _trait(arch: str | None, trait: str) -> bool:
     from ...models import model_traits
 
-    return arch is not None and model_traits(arch)["flat_features"]
+    return arch is not None and model_traits(arch)[trait]
+
+
+def _flat(arch: str | None) -> bool:
+    return _trait(arch, "flat_features")
 
 
 class MAMLOptions(EpisodeOptions):
@@ -132,7 +136,18 @@ class PNOptions(EpisodeOptions):
     # 60.95, and the cnn gained too (protonet 57.88 -> 59.99). 1e-2 cost the 2-epoch cnn 4-9
     # points against 3e-3 (docs/benchmarks.md, "The ProtoNet family's step")
     train_defaults: ClassVar[dict] = dict(EpisodeOptions.train_defaults, **{"optim.lr": 3e-3})
+    # a transformer trained from scratch collapses at that step: vit_tiny protonet sat at
+    # ln(ways), every image on one embedding, from epoch 3 of 10 (docs/mebqat.md, "Few-shot
+    # on other models"); at 3e-4 it learned
+    transformer_lr: ClassVar[float] = 3e-4
 
+    @classmethod
+    def run_defaults(cls, options: dict, epochs: int, batch_size: int = REF_BATCH,
+                     arch: str | None = None, bits: list[int] | None = None) -> tuple[dict, dict]:
+        options, defaults = super().run_defaults(options, epochs, batch_size, arch, bits)
+        if _trait(arch, "transformer"):
+            defaults = dict(defaults, **{"optim.lr": cls.transformer_lr})
+        return options, defaults
 
     emb_dim: int = Field(64, ge=1, description="embedding size (the last layer's width)")
     # protonet is the plain FP baseline: the raw weight (tanh was level with it on the cnn,
