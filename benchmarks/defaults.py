@@ -167,7 +167,7 @@ def _code_text(row: dict) -> str:
     code = row.get("code") or {}
     if not code.get("tree"):
         return "—"
-    return (code["tree"][:7] + ("+" if code.get("dirty") else "") + (f", torch {code['torch']}" if code.get("torch") else "")
+    return ("/".join(t[:7] for t in code["tree"].split("/")) + ("+" if code.get("dirty") else "") + (f", torch {code['torch']}" if code.get("torch") else "")
             + (f", {code['cpu']}" if code.get("cpu") else ""))
 
 
@@ -252,7 +252,9 @@ def _pooled(rows: list[dict]) -> dict[str, dict]:
             if "train_s" in base:
                 base["train_s"] = sum(r["train_s"] for r in use) / len(use)
             cpus = {r.get("code", {}).get("cpu") for r in use}
-            base["code"] = dict(base.get("code", {}), cpu="/".join(sorted(c for c in cpus if c)) or None)
+            trees = dict.fromkeys(r.get("code", {}).get("tree") for r in use)  # in seed order
+            base["code"] = dict(base.get("code", {}), cpu="/".join(sorted(c for c in cpus if c)) or None,
+                                tree="/".join(t for t in trees if t) or None)
         out[n] = base
     return out
 

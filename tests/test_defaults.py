@@ -463,6 +463,11 @@ def test_benchmark_judges_a_cell_on_the_mean_of_the_seeds_every_method_ran():
     assert len(merged) == len(more) and [bench.seed_of(r) for r in merged] == sorted(bench.seed_of(r) for r in merged)
     text = bench.table(merged)
     assert text.count("| protonet |") == 1 and "mean of seeds 0,1,2: fp: 60.00 (60.0 / 61.0 / 59.0)" in text
+    # the line names every library tree its seeds ran on, in seed order
+    trees = [dict(r, code={"tree": t + "0" * 33, "cpu": "AVX512"})
+             for r, t in zip(merged, ["aaaaaaa", "aaaaaaa", "bbbbbbb", "bbbbbbb", "aaaaaaa", "bbbbbbb"])]
+    line = next(ln for ln in bench.table(trees).splitlines() if ln.startswith("| fs-cnn | protonet |"))
+    assert line.endswith("| aaaaaaa/bbbbbbb, AVX512 |"), line
     # a method that ran seed 0 only holds the cell to seed 0 (the seeds every method ran)
     lone = more + [row("qat-pn", 0, {"4": 55.0})]
     assert all("mean of seeds" not in ln for ln in bench.check_cell(lone))

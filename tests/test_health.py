@@ -107,4 +107,5 @@ def test_a_maml_run_near_chance_names_its_outer_steps_and_what_to_try(tmp_path):
     problem = json.loads(res.stdout)["problems"][0]
     assert problem.startswith("width fp ended at") and problem.endswith(
         "the run did not learn at this width; MAML took 1 outer step at Adam 1000; try --meta-batch 1 "
-        "(4x the outer steps), a lower --lr, more --epochs (docs/mebqat.md, \"MAML's outer step\")")
+        "(4x the outer steps), a lower --lr, more --epochs, and a lower --inner-lr (now 0.1) if the training "
+        "loss sits above ln(4) = 1.386 (docs/mebqat.md, \"MAML's outer step\")")

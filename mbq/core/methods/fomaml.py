@@ -46,8 +46,11 @@ class FOMAMLMethod(FewShotMethod):
             tries.append("a lower --lr")
         tries.append("more --epochs")
         name = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}.get(opt, opt)
+        # a query loss above chance's is the inner loop overshooting, which no outer step mends
+        # (vit_tiny fomaml: loss 2.5-3.9 at --inner-lr 0.1, 1.36-1.40 at 0.01)
         return (f"MAML took {steps} outer step{'s' * (steps != 1)} at {name} {lr:g}; try "
-                f"{', '.join(tries)} (docs/mebqat.md, \"MAML's outer step\")")
+                f"{', '.join(tries)}, and a lower --inner-lr (now {o.inner_lr:g}) if the training loss "
+                f"sits above ln({o.ways}) = {math.log(o.ways):.3f} (docs/mebqat.md, \"MAML's outer step\")")
 
     def divergence_advice(self) -> str:
         # the inner loop's plain SGD steps are the likelier cause: on mobilenet_v2 its support
