@@ -136,9 +136,9 @@ class PNOptions(EpisodeOptions):
     # 60.95, and the cnn gained too (protonet 57.88 -> 59.99). 1e-2 cost the 2-epoch cnn 4-9
     # points against 3e-3 (docs/benchmarks.md, "The ProtoNet family's step")
     train_defaults: ClassVar[dict] = dict(EpisodeOptions.train_defaults, **{"optim.lr": 3e-3})
-    # a transformer trained from scratch collapses at that step: vit_tiny protonet sat at
-    # ln(ways), every image on one embedding, from epoch 3 of 10 (docs/mebqat.md, "Few-shot
-    # on other models"); at 3e-4 it learned
+    # a transformer trained from scratch fails at that step: 10 epochs of vit_tiny protonet sat
+    # at ln(ways), every image on one embedding, from epoch 3 (seed 0), or ended under the health
+    # floor at 37.01 (seed 1); at 3e-4 41.26 / 40.73 (docs/mebqat.md, "Few-shot on other models")
     transformer_lr: ClassVar[float] = 3e-4
 
     @classmethod
