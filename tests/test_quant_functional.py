@@ -272,6 +272,23 @@ def test_signed_act_gradients():
     assert clip.grad.item() == pytest.approx(resid, abs=1e-6)
 
 
+def test_learned_clip_masks_at_the_boundaries():
+    # an input exactly at 0 or at the clip is outside: no d/dx; at or above the clip d/d(alpha) is 1
+    x = torch.tensor([-1.0, 0.0, 0.5, 2.0, 3.0], requires_grad=True)
+    alpha = torch.tensor(2.0, requires_grad=True)
+    F.pact_act(x, alpha, 2).sum().backward()
+    assert x.grad.tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
+    assert alpha.grad.item() == pytest.approx(2 + (1 - 0.75) / 3)  # 0.5 -> u = 0.75 of 3 steps
+    x = torch.tensor([-1.0, -0.5, 1.0], requires_grad=True)
+    clip = torch.tensor(1.0, requires_grad=True)
+    F.signed_act(x, clip, 2).sum().backward()  # 1 step a side: -0.5 rounds to -1 (ties to even: -0)
+    assert x.grad.tolist() == [0.0, 1.0, 0.0]
+    assert clip.grad.item() == pytest.approx(-1 + (round(-0.5) + 0.5) + 1)
+    xb = torch.linspace(-1, 3, 40, dtype=torch.bfloat16, requires_grad=True)  # masks follow x's dtype
+    F.pact_act(xb, alpha, 4).sum().backward()
+    assert xb.grad.dtype == torch.bfloat16 and set(xb.grad.float().tolist()) == {0.0, 1.0}
+
+
 def test_signed_act_one_bit_is_the_sign_grid():
     x = torch.tensor([-2.0, -0.1, 0.1, 3.0])
     assert F.signed_act(x, torch.tensor(0.5), 1).tolist() == [-0.5, -0.5, 0.5, 0.5]
