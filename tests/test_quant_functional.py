@@ -281,7 +281,7 @@ def test_learned_clip_masks_at_the_boundaries():
     assert alpha.grad.item() == pytest.approx(2 + (1 - 0.75) / 3)  # 0.5 -> u = 0.75 of 3 steps
     x = torch.tensor([-1.0, -0.5, 1.0], requires_grad=True)
     clip = torch.tensor(1.0, requires_grad=True)
-    F.signed_act(x, clip, 2).sum().backward()  # 1 step a side: -0.5 rounds to -1 (ties to even: -0)
+    F.signed_act(x, clip, 2).sum().backward()  # 1 step a side: -0.5 rounds to 0 (ties to even)
     assert x.grad.tolist() == [0.0, 1.0, 0.0]
     assert clip.grad.item() == pytest.approx(-1 + (round(-0.5) + 0.5) + 1)
     xb = torch.linspace(-1, 3, 40, dtype=torch.bfloat16, requires_grad=True)  # masks follow x's dtype
