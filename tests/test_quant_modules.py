@@ -245,6 +245,45 @@ def test_inference_layout_is_channels_last_inside_and_restores_the_model():
     assert res["top1"] == 100.0
 
 
+def test_recalibrate_bn_runs_channels_last_and_matches_plain_forwards():
+    import copy
+
+    from mbq.core.data.loader import Batch
+    from mbq.core.evaluate import recalibrate_bn
+    from mbq.core.quant import WidthStatsBatchNorm2d
+
+    torch.manual_seed(0)
+    model = quantize_model(create_model("resnet20", width=0.25),
+                           QuantConfig(weight="dorefa", act="clamp", wbc=True, width_stats_bn=True)).eval()
+    set_bits(model, 32, 32)  # FP: no rounding step for summation order to flip
+    xs = [torch.rand(16, 1, 28, 28) for _ in range(3)]
+    plain = copy.deepcopy(model).train()  # the reference: cumulative averages of plain forwards
+    for m in plain.modules():
+        if isinstance(m, WidthStatsBatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        for x in xs[:2]:
+            plain(x)
+    params = {k: v.clone() for k, v in model.state_dict().items() if v.dim() == 4}
+    batches = [Batch(x, torch.zeros(16, dtype=torch.long), torch.arange(16)) for x in xs]
+    conv = [m for m in model.modules() if isinstance(m, QConv2d)][2]
+    seen = []
+    conv.register_forward_hook(lambda mod, args, out: seen.append(
+        out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()))
+    assert recalibrate_bn(model, batches, 2, kinds=WidthStatsBatchNorm2d) == 2
+    assert seen == [True, True]
+    assert not model.training
+    pairs = [(m, r) for m, r in zip(model.modules(), plain.modules()) if isinstance(m, WidthStatsBatchNorm2d)]
+    assert pairs
+    for m, r in pairs:
+        assert m.momentum == pytest.approx(0.1)
+        for got, want in zip(m.width_statistics(32), r.width_statistics(32)):
+            assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+    sd = model.state_dict()  # weights unchanged and back in their own layout
+    assert all(torch.equal(sd[k], v) and sd[k].is_contiguous() for k, v in params.items())
+
+
 def test_frozen_weights_round_once_per_pass_and_never_serve_a_stale_weight():
     from mbq.core.quant import frozen_weights
 

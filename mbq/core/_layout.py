@@ -1,10 +1,11 @@
 """Channels-last memory layout for inference passes on CPU.
 
-oneDNN's CPU convolutions run about 1.3-1.6x faster on NHWC tensors for the
-small-channel networks mbq trains (resnet20 at width 0.5, forward only);
-training steps gain nothing measurable, so only no-grad passes (evaluation,
-coreset scoring) switch, and the model's parameters go back to their own
-layout afterwards (the optimizer's state keeps matching them).
+oneDNN's CPU convolutions run about 1.3-1.7x faster on NHWC tensors for the
+small-channel networks mbq trains (resnet20, forward only). Only no-grad passes
+switch (evaluation, coreset scoring, BatchNorm statistics): training in NHWC
+changes every result's last digits and its gain varied between machines. The
+model's parameters go back to their own layout afterwards (the optimizer's
+state keeps matching them).
 """
 from __future__ import annotations
 

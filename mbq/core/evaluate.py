@@ -45,7 +45,8 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int,
     Statistics are reset and averaged cumulatively (momentum=None) so the
     result does not depend on the previous values. Only BNs of ``kinds`` are
     re-estimated; the others keep theirs and normalise with them, as in evaluation.
-    Returns batches used.
+    Forward passes only, so they run in the evaluation's channels-last layout on the weights
+    quantized once at entry (the widths set then). Returns batches used.
     """
     bns = [m for m in model.modules() if isinstance(m, kinds) and m.track_running_stats]
     others = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
@@ -62,11 +63,12 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int,
         m.eval()
     used = 0
     try:
-        for i, batch in enumerate(loader):
-            if i >= num_batches:
-                break
-            model(batch.x)
-            used += 1
+        with inference_layout(model) as layout, frozen_weights(model):
+            for i, batch in enumerate(loader):
+                if i >= num_batches:
+                    break
+                model(layout(batch.x))
+                used += 1
     finally:
         for m, mom in saved:
             m.momentum = mom
